@@ -1,0 +1,61 @@
+// Argument checks shared by every device implementation of the ops (torch-facing).
+// The Python layer (hadamard_kernels/ops.py) repeats them with friendlier wording;
+// these guard direct calls through torch.ops.hadamard_kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "hadamard.h"
+
+namespace hadamard_kernels {
+
+inline void check_float_input(const at::Tensor& x, const char* op, const char* name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()) && !at::isComplexType(x.scalar_type()),
+                   op, ": ", name, " must be float32, float64, float16 or bfloat16, got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": ", name, " must have at least 1 dimension, got a 0-d tensor");
+}
+
+inline void check_sizes(int64_t in_features, int64_t out_features, const char* op) {
+  TORCH_CHECK_VALUE(in_features >= 0 && out_features >= 0, op, ": feature sizes must be >= 0, got in=",
+                    in_features, ", out=", out_features);
+  const int64_t m = next_pow2(std::max(in_features, out_features));
+  TORCH_CHECK_VALUE(m <= kMaxM, op, ": transform size next_pow2(max(", in_features, ", ", out_features,
+                    ")) = ", m, " exceeds the supported maximum 2^", kMaxLogM, " = ", kMaxM);
+}
+
+inline void check_scale(const at::Tensor& scale, const at::Tensor& x, const char* op) {
+  TORCH_CHECK_VALUE(scale.numel() == 1, op, ": scale must have exactly one element, got shape ",
+                    scale.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(scale.scalar_type()), op,
+                   ": scale must be a floating-point tensor, got ", scale.scalar_type());
+  TORCH_CHECK_VALUE(scale.device() == x.device(), op, ": scale is on ", scale.device(),
+                    " but x is on ", x.device());
+}
+
+// (rows, n) view of x with n = x.size(-1); copies only if no such view exists.
+inline at::Tensor as_rows(const at::Tensor& x) {
+  return x.reshape({-1, x.size(-1)});
+}
+
+// x.shape[:-1] + [last].
+inline std::vector<int64_t> with_last_dim(const at::Tensor& x, int64_t last) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = last;
+  return shape;
+}
+
+inline TransformParams make_params(const at::Tensor& rows_view, int64_t out_features, double scale) {
+  TransformParams p;
+  p.rows = rows_view.size(0);
+  p.in_features = rows_view.size(1);
+  p.out_features = out_features;
+  p.m = next_pow2(std::max(p.in_features, p.out_features));
+  p.x_row_stride = rows_view.stride(0);
+  p.x_col_stride = rows_view.stride(1);
+  p.out_row_stride = out_features;
+  p.scale = scale;
+  return p;
+}
+
+}  // namespace hadamard_kernels

@@ -1,0 +1,270 @@
+// Op schemas of the hadamard_kernels namespace and their CPU implementations.
+//
+// Schemas (the Python side adds fake kernels and autograd in hadamard_kernels/ops.py):
+//   hadamard_transform(x, out_features, scale) = scale * H_M[:out, :in] @ x   (last dim)
+//   classifier_forward(x, scale, bias, C, normalize, eps) = alpha * H_M[:C, :N] @ x_hat + bias
+//   classifier_backward(grad_y, x, scale, normalize, eps) -> (grad_x, grad_scale, grad_bias)
+#include <Python.h>
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/butterfly.h"
+
+extern "C" {
+// Importing hadamard_kernels._C runs the static registrations below; the module
+// itself is empty (no pybind, so every op stays visible to torch.compile).
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace hadamard_kernels {
+namespace {
+
+// A kVecBytes-aligned scratch row of m accumulator values, one per worker chunk.
+template <typename acc_t>
+class RowBuffer {
+ public:
+  explicit RowBuffer(int64_t m) {
+    const size_t bytes = (static_cast<size_t>(m) * sizeof(acc_t) + cpu::kVecBytes - 1) /
+                         cpu::kVecBytes * cpu::kVecBytes;
+    data_.reset(static_cast<acc_t*>(std::aligned_alloc(cpu::kVecBytes, bytes)));
+    TORCH_CHECK(data_ != nullptr, "hadamard_kernels: out of memory for a row buffer of ", bytes, " bytes");
+  }
+  acc_t* get() { return data_.get(); }
+
+ private:
+  struct Free {
+    void operator()(acc_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<acc_t[], Free> data_;
+};
+
+// buf[:n] = row[0 : n*stride : stride] in acc_t, buf[n:m] = 0; returns sum of squares if asked.
+template <typename scalar_t, typename acc_t, bool kSumSq>
+inline acc_t load_row(const scalar_t* row, int64_t stride, int64_t n, acc_t* buf, int64_t m) {
+  acc_t sumsq = 0;
+  if (stride == 1) {
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t v = static_cast<acc_t>(row[i]);
+      buf[i] = v;
+      if (kSumSq) sumsq += v * v;
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t v = static_cast<acc_t>(row[i * stride]);
+      buf[i] = v;
+      if (kSumSq) sumsq += v * v;
+    }
+  }
+  std::fill(buf + n, buf + m, acc_t(0));
+  return sumsq;
+}
+
+// Rows per parallel task: enough that a task moves >= 32K values.
+inline int64_t grain_rows(int64_t m) { return std::max<int64_t>(1, (int64_t{1} << 15) / m); }
+
+template <typename scalar_t>
+void transform_kernel(const scalar_t* x, scalar_t* out, const TransformParams p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t scale = static_cast<acc_t>(p.scale);
+  at::parallel_for(0, p.rows, grain_rows(p.m), [&](int64_t begin, int64_t end) {
+    RowBuffer<acc_t> row(p.m);
+    acc_t* buf = row.get();
+    for (int64_t r = begin; r < end; ++r) {
+      load_row<scalar_t, acc_t, false>(x + r * p.x_row_stride, p.x_col_stride, p.in_features, buf, p.m);
+      cpu::fwht_inplace(buf, p.m);
+      scalar_t* o = out + r * p.out_row_stride;
+      for (int64_t i = 0; i < p.out_features; ++i) o[i] = static_cast<scalar_t>(scale * buf[i]);
+    }
+  });
+}
+
+at::Tensor hadamard_transform_cpu(const at::Tensor& x, int64_t out_features, double scale) {
+  constexpr const char* op = "hadamard_kernels::hadamard_transform";
+  check_float_input(x, op, "x");
+  check_sizes(x.size(-1), out_features, op);
+  at::Tensor out = at::empty(with_last_dim(x, out_features), x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor rows = as_rows(x);
+  const TransformParams p = make_params(rows, out_features, scale);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "hadamard_transform_cpu", [&] {
+    transform_kernel<scalar_t>(rows.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), p);
+  });
+  return out;
+}
+
+// Inverse norm used by the classifier: 1 / max(||x||, eps), or 1 without normalisation.
+template <typename acc_t>
+inline acc_t inv_norm(acc_t sumsq, bool normalize, double eps) {
+  if (!normalize) return acc_t(1);
+  return acc_t(1) / std::max(std::sqrt(sumsq), static_cast<acc_t>(eps));
+}
+
+template <typename scalar_t>
+void classifier_forward_kernel(const scalar_t* x, const scalar_t* bias, scalar_t* y,
+                               const ClassifierParams cp) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const TransformParams& p = cp.t;
+  const acc_t alpha = static_cast<acc_t>(p.scale);
+  at::parallel_for(0, p.rows, grain_rows(p.m), [&](int64_t begin, int64_t end) {
+    RowBuffer<acc_t> row(p.m);
+    acc_t* buf = row.get();
+    for (int64_t r = begin; r < end; ++r) {
+      const acc_t sumsq =
+          load_row<scalar_t, acc_t, true>(x + r * p.x_row_stride, p.x_col_stride, p.in_features, buf, p.m);
+      cpu::fwht_inplace(buf, p.m);
+      const acc_t a = alpha * inv_norm(sumsq, cp.normalize, cp.eps);
+      scalar_t* o = y + r * p.out_row_stride;
+      if (bias != nullptr) {
+        for (int64_t c = 0; c < p.out_features; ++c)
+          o[c] = static_cast<scalar_t>(a * buf[c] + static_cast<acc_t>(bias[c]));
+      } else {
+        for (int64_t c = 0; c < p.out_features; ++c) o[c] = static_cast<scalar_t>(a * buf[c]);
+      }
+    }
+  });
+}
+
+void check_classifier_args(const at::Tensor& x, const at::Tensor& scale, int64_t num_classes,
+                           double eps, const char* op) {
+  check_float_input(x, op, "x");
+  TORCH_CHECK_VALUE(num_classes >= 1, op, ": num_classes must be >= 1, got ", num_classes);
+  TORCH_CHECK_VALUE(x.size(-1) >= 1, op, ": x must have at least one feature, got shape ", x.sizes());
+  TORCH_CHECK_VALUE(eps > 0, op, ": eps must be > 0, got ", eps);
+  check_sizes(x.size(-1), num_classes, op);
+  check_scale(scale, x, op);
+}
+
+at::Tensor classifier_forward_cpu(const at::Tensor& x, const at::Tensor& scale,
+                                  const std::optional<at::Tensor>& bias, int64_t num_classes,
+                                  bool normalize, double eps) {
+  constexpr const char* op = "hadamard_kernels::classifier_forward";
+  check_classifier_args(x, scale, num_classes, eps, op);
+  at::Tensor bias_c;
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == num_classes, op,
+                      ": bias must have shape (num_classes,) = (", num_classes, ",), got ", bias->sizes());
+    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), op, ": bias dtype ", bias->scalar_type(),
+                     " differs from x dtype ", x.scalar_type());
+    TORCH_CHECK_VALUE(bias->device() == x.device(), op, ": bias is on ", bias->device(),
+                      " but x is on ", x.device());
+    bias_c = bias->contiguous();
+  }
+  at::Tensor y = at::empty(with_last_dim(x, num_classes), x.options());
+  if (y.numel() == 0) return y;
+  const at::Tensor rows = as_rows(x);
+  ClassifierParams cp{make_params(rows, num_classes, scale.item<double>()), normalize, eps};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "classifier_forward_cpu", [&] {
+    classifier_forward_kernel<scalar_t>(rows.const_data_ptr<scalar_t>(),
+                                        bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr,
+                                        y.mutable_data_ptr<scalar_t>(), cp);
+  });
+  return y;
+}
+
+// One row of the backward pass; returns this row's contribution u . x_hat to dL/dalpha.
+template <typename scalar_t, typename acc_t>
+inline acc_t classifier_backward_row(const scalar_t* g, int64_t g_stride, const scalar_t* x,
+                                     int64_t x_stride, scalar_t* gx, acc_t* u, acc_t* xr,
+                                     acc_t alpha, const ClassifierParams& cp) {
+  const TransformParams& p = cp.t;  // in_features = C (rows of g), out_features = N
+  const int64_t n = p.out_features;
+  load_row<scalar_t, acc_t, false>(g, g_stride, p.in_features, u, p.m);
+  cpu::fwht_inplace(u, p.m);  // u[:N] = H_M[:N, :C] @ g
+  const acc_t sumsq = load_row<scalar_t, acc_t, true>(x, x_stride, n, xr, n);
+  acc_t ux = 0;
+  for (int64_t i = 0; i < n; ++i) ux += u[i] * xr[i];
+  if (!cp.normalize) {
+    for (int64_t i = 0; i < n; ++i) gx[i] = static_cast<scalar_t>(alpha * u[i]);
+    return ux;
+  }
+  const acc_t norm = std::sqrt(sumsq);
+  const acc_t eps = static_cast<acc_t>(cp.eps);
+  if (norm >= eps) {
+    // d x_hat / d x = (I - x_hat x_hat^T) / ||x||
+    const acc_t a = alpha / norm;
+    const acc_t b = ux / (norm * norm);
+    for (int64_t i = 0; i < n; ++i) gx[i] = static_cast<scalar_t>(a * (u[i] - xr[i] * b));
+    return ux / norm;
+  }
+  // The norm is clamped to eps: x_hat = x / eps is linear in x.
+  for (int64_t i = 0; i < n; ++i) gx[i] = static_cast<scalar_t>(alpha / eps * u[i]);
+  return ux / eps;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& scale, bool normalize, double eps) {
+  constexpr const char* op = "hadamard_kernels::classifier_backward";
+  const int64_t num_classes = grad_y.size(-1);
+  check_classifier_args(x, scale, num_classes, eps, op);
+  TORCH_CHECK_VALUE(grad_y.sizes().slice(0, grad_y.dim() - 1) == x.sizes().slice(0, x.dim() - 1), op,
+                    ": grad_y shape ", grad_y.sizes(), " does not match x shape ", x.sizes());
+  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), op, ": grad_y dtype ", grad_y.scalar_type(),
+                   " differs from x dtype ", x.scalar_type());
+  const at::ScalarType acc_type = at::toOpMathType(x.scalar_type());
+  at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  const at::Tensor g_rows = as_rows(grad_y);
+  const at::Tensor x_rows = as_rows(x);
+  const at::Tensor grad_bias = g_rows.sum(0, /*keepdim=*/false, acc_type);
+  const int64_t rows = x_rows.size(0);
+  // Fixed chunking (not per-thread) so that dL/dalpha is summed in the same order on every run.
+  const int64_t chunks = std::min<int64_t>(rows, 64);
+  std::vector<double> partial(static_cast<size_t>(std::max<int64_t>(chunks, 1)), 0.0);
+  if (rows > 0) {
+    ClassifierParams cp{make_params(g_rows, x.size(-1), scale.item<double>()), normalize, eps};
+    const int64_t per_chunk = (rows + chunks - 1) / chunks;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "classifier_backward_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* g = g_rows.const_data_ptr<scalar_t>();
+      const scalar_t* xp = x_rows.const_data_ptr<scalar_t>();
+      scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
+      const acc_t alpha = static_cast<acc_t>(cp.t.scale);
+      const int64_t n = x_rows.size(1);
+      at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
+        RowBuffer<acc_t> u(cp.t.m);
+        RowBuffer<acc_t> xr(n);
+        for (int64_t c = cbegin; c < cend; ++c) {
+          double acc = 0;
+          for (int64_t r = c * per_chunk; r < std::min(rows, (c + 1) * per_chunk); ++r) {
+            acc += classifier_backward_row(g + r * g_rows.stride(0), g_rows.stride(1), xp + r * x_rows.stride(0),
+                                           x_rows.stride(1), gx + r * n, u.get(), xr.get(), alpha, cp);
+          }
+          partial[static_cast<size_t>(c)] = acc;
+        }
+      });
+    });
+  }
+  double total = 0;
+  for (double v : partial) total += v;
+  at::Tensor grad_scale = at::full(scale.sizes(), total, scale.options());
+  return {grad_x, grad_scale, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(hadamard_kernels, m) {
+  m.def("hadamard_transform(Tensor x, int out_features, float scale) -> Tensor");
+  m.def("classifier_forward(Tensor x, Tensor scale, Tensor? bias, int num_classes, bool normalize, "
+        "float eps) -> Tensor");
+  m.def("classifier_backward(Tensor grad_y, Tensor x, Tensor scale, bool normalize, float eps) "
+        "-> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(hadamard_kernels, CPU, m) {
+  m.impl("hadamard_transform", &hadamard_transform_cpu);
+  m.impl("classifier_forward", &classifier_forward_cpu);
+  m.impl("classifier_backward", &classifier_backward_cpu);
+}
+
+}  // namespace hadamard_kernels

@@ -1,0 +1,20 @@
+"""hadamard_kernels: fast Walsh-Hadamard transforms and the fused fixed Hadamard classifier.
+
+Importing the package loads the compiled extension, which registers the
+``torch.ops.hadamard_kernels.*`` custom ops (CPU always, CUDA when built).
+"""
+
+from . import _C  # noqa: F401  (runs the TORCH_LIBRARY registrations)
+from . import nn, reference
+from .ops import BACKENDS, MAX_FEATURES, available_backends, fwht, hadamard_classifier
+
+__all__ = [
+    "BACKENDS",
+    "MAX_FEATURES",
+    "available_backends",
+    "fwht",
+    "hadamard_classifier",
+    "nn",
+    "reference",
+]
+__version__ = "0.1.0"

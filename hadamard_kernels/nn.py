@@ -1,0 +1,154 @@
+"""Fixed classifiers of Hoffer, Hubara & Soudry (ICLR 2018): drop-in replacements for the
+last ``nn.Linear`` of a classifier that learn only a scale and a bias."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import hadamard_classifier
+
+__all__ = ["HadamardClassifier", "OrthogonalClassifier"]
+
+
+class _FixedClassifier(nn.Module):
+    """Shared parts: the scale alpha (a parameter, or a buffer when not learned) and bias."""
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        bias: bool,
+        init_scale: float,
+        learn_scale: bool,
+        normalize: bool,
+        eps: float,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if in_features < 1:
+            raise ValueError(f"{name}: in_features must be >= 1, got {in_features}")
+        if num_classes < 1:
+            raise ValueError(f"{name}: num_classes must be >= 1, got {num_classes}")
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.normalize = normalize
+        self.eps = eps
+        factory = {"device": device, "dtype": dtype}
+        scale = torch.tensor(float(init_scale), **factory)
+        if learn_scale:
+            self.scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("scale", scale)
+        self.bias = nn.Parameter(torch.zeros(num_classes, **factory)) if bias else None
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_classes={self.num_classes}, "
+            f"bias={self.bias is not None}, learn_scale={isinstance(self.scale, nn.Parameter)}, "
+            f"normalize={self.normalize}"
+        )
+
+
+class HadamardClassifier(_FixedClassifier):
+    """``y = alpha * H_M[:C, :N] @ (x / ||x||) + b``: a fixed +-1 Hadamard head.
+
+    Replaces ``nn.Linear(in_features, num_classes)``: input ``(..., N)``, output
+    ``(..., C)``. Learns only alpha (one scalar) and b (C values) instead of C x N weights;
+    nothing of size C x N is stored. Computed by :func:`hadamard_kernels.hadamard_classifier`
+    (fused kernel: normalise, transform, truncate, scale, bias).
+
+    ``init_scale`` defaults to ``1 / sqrt(num_classes)``, the initialisation of the paper's
+    own code (``HadamardProj``): with unit-norm x each logit ``H_row . x_hat`` is of order 1
+    and at most sqrt(N), so a small alpha starts from a near-uniform softmax and training
+    raises it (the learned inverse temperature, the paper's Fig. 1). With
+    ``num_classes > in_features`` the rows of H_M[:C, :N] are no longer orthogonal (see the
+    paper's caveat); the head still works, with some classes sharing directions.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        bias: bool = True,
+        init_scale: float | None = None,
+        learn_scale: bool = True,
+        *,
+        normalize: bool = True,
+        eps: float = 1e-12,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if init_scale is None:
+            init_scale = 1.0 / math.sqrt(max(num_classes, 1))
+        super().__init__(in_features, num_classes, bias, init_scale, learn_scale, normalize, eps, device, dtype)
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"HadamardClassifier: expected {self.in_features} input features, got shape {tuple(x.shape)}"
+            )
+        return hadamard_classifier(
+            x, self.num_classes, self.scale, self.bias, normalize=self.normalize, eps=self.eps, backend=self.backend
+        )
+
+
+def _orthonormal(in_features: int, num_classes: int, seed: int) -> torch.Tensor:
+    """(C, N) weight from the reduced QR of a seeded Gaussian: orthonormal rows when
+    C <= N, orthonormal columns when C > N. Computed in float64 on the CPU."""
+    gen = torch.Generator().manual_seed(seed)
+    tall, wide = max(in_features, num_classes), min(in_features, num_classes)
+    q, r = torch.linalg.qr(torch.randn(tall, wide, generator=gen, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))  # unique QR: positive diagonal of R
+    return q.T.contiguous() if num_classes <= in_features else q
+
+
+class OrthogonalClassifier(_FixedClassifier):
+    """``y = alpha * Q @ (x / ||x||) + b`` with a fixed random orthonormal ``Q`` (C x N).
+
+    The paper's other fixed head. ``Q`` comes from the QR decomposition of a Gaussian
+    matrix drawn with ``seed`` and is kept as a buffer (it follows ``.to()`` and is saved in
+    the state_dict). With C > N its columns, not its rows, are orthonormal. ``init_scale``
+    defaults to 10, the paper's code: the logits ``Q_row . x_hat`` lie in [-1, 1], so alpha
+    must start large enough for the softmax to be trainable.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        bias: bool = True,
+        init_scale: float = 10.0,
+        learn_scale: bool = True,
+        *,
+        normalize: bool = True,
+        eps: float = 1e-12,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_features, num_classes, bias, init_scale, learn_scale, normalize, eps, device, dtype)
+        self.seed = seed
+        weight = _orthonormal(in_features, num_classes, seed)
+        self.register_buffer("weight", weight.to(device=device, dtype=dtype or torch.get_default_dtype()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"OrthogonalClassifier: expected {self.in_features} input features, got shape {tuple(x.shape)}"
+            )
+        x_hat = F.normalize(x, dim=-1, eps=self.eps) if self.normalize else x
+        y = self.scale * F.linear(x_hat, self.weight.to(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", seed={self.seed}"

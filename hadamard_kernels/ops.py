@@ -1,0 +1,279 @@
+"""Public ops: ``fwht`` and ``hadamard_classifier``, their backend dispatch, and the fake
+kernels and autograd formulas of the ``hadamard_kernels::*`` custom ops defined in C++.
+
+The C++ ops (csrc/ops.cpp) are:
+
+* ``hadamard_transform(x, out_features, scale)``: ``scale * H_M[:out, :in] @ x`` over the
+  last dim, M = next_pow2(max(in, out)). ``fwht`` is the case out = in.
+* ``classifier_forward(x, scale, bias, num_classes, normalize, eps)``:
+  ``scale * H_M[:C, :N] @ (x / max(||x||, eps)) + bias``.
+* ``classifier_backward(grad_y, x, scale, normalize, eps) -> (grad_x, grad_scale, grad_bias)``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Callable
+
+import torch
+
+from . import reference
+
+__all__ = ["fwht", "hadamard_classifier", "available_backends", "BACKENDS", "MAX_FEATURES"]
+
+#: Every backend name, fastest first; "auto" takes the first one available for the device.
+BACKENDS: tuple[str, ...] = ("cuda", "triton", "cpu", "reference")
+
+#: Largest transform size M = next_pow2(max(in_features, out_features)) the kernels accept.
+MAX_FEATURES: int = 2**20
+
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# Backends implemented outside the C++ extension register themselves here:
+# name -> predicate telling whether it can run on a device (see triton_kernels.py).
+_EXTRA_BACKENDS: dict[str, Callable[[torch.device], bool]] = {}
+
+
+def _has_kernel(op: str, dispatch_key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"hadamard_kernels::{op}", dispatch_key)
+
+
+def available_backends(device: torch.device | str | None = None) -> tuple[str, ...]:
+    """Backends that can run on ``device``, fastest first ("auto" picks the first).
+
+    ``device`` defaults to "cuda" when a GPU is visible, else "cpu".
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    found = []
+    for name in BACKENDS:
+        if name == "reference":
+            ok = True
+        elif name in ("cpu", "cuda"):
+            ok = device.type == name and _has_kernel("hadamard_transform", name.upper())
+        else:
+            ok = name in _EXTRA_BACKENDS and _EXTRA_BACKENDS[name](device)
+        if ok:
+            found.append(name)
+    return tuple(found)
+
+
+def _resolve_backend(backend: str, x: torch.Tensor, op: str) -> str:
+    if backend not in BACKENDS and backend != "auto":
+        raise ValueError(f"{op}: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    usable = available_backends(x.device)
+    if backend == "auto":
+        return usable[0]
+    if backend not in usable:
+        raise RuntimeError(
+            f"{op}: backend {backend!r} is not available for a tensor on {x.device}; "
+            f"available there: {usable}"
+        )
+    return backend
+
+
+def _check_input(x: object, op: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError(f"{op}: x must have at least 1 dimension (features last), got a 0-d tensor")
+
+
+def _check_size(n: int, out_features: int, op: str) -> None:
+    m = reference.next_pow2(max(n, out_features))
+    if m > MAX_FEATURES:
+        raise ValueError(
+            f"{op}: transform size next_pow2(max({n}, {out_features})) = {m} exceeds the "
+            f"supported maximum {MAX_FEATURES} (2^20)"
+        )
+
+
+def fwht(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torch.Tensor:
+    """Fast Walsh-Hadamard transform over the last dimension.
+
+    Returns ``scale * x @ H_n.T`` (``H_n`` Sylvester order, ``scipy.linalg.hadamard(n)``;
+    it is symmetric) for ``x`` of shape ``(..., n)``, any strides, dtype float32 / float64 /
+    float16 / bfloat16 (half types accumulate in float32); the result has the same shape
+    and dtype, contiguous. For n not a power of two, x is zero-padded to the next power of
+    two and the first n outputs are kept. ``fwht(fwht(x)) == n * x`` for powers of two;
+    ``scale = n ** -0.5`` makes it orthonormal. Same call as ``hadamard_transform(x, scale)``
+    of the package ``fast-hadamard-transform``. Differentiable: the backward is
+    ``fwht(grad, scale)``, H being symmetric. n up to 2^20.
+    """
+    _check_input(x, "fwht")
+    if not isinstance(scale, numbers.Real):
+        raise TypeError(f"fwht: scale must be a real number, got {type(scale).__name__}")
+    n = x.shape[-1]
+    _check_size(n, n, "fwht")
+    name = _resolve_backend(backend, x, "fwht")
+    if name == "reference":
+        return reference.fwht_reference(x, float(scale))
+    if name == "triton":
+        return torch.ops.hadamard_kernels.hadamard_transform_triton(x, n, float(scale))
+    return torch.ops.hadamard_kernels.hadamard_transform(x, n, float(scale))
+
+
+def hadamard_classifier(
+    x: torch.Tensor,
+    num_classes: int,
+    scale: torch.Tensor | float,
+    bias: torch.Tensor | None = None,
+    *,
+    normalize: bool = True,
+    eps: float = 1e-12,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The fixed Hadamard classifier of Hoffer et al. (ICLR 2018), fused in one kernel.
+
+    ``y = scale * H_M[:C, :N] @ (x / max(||x||_2, eps)) + bias`` over the last dim, where
+    x has shape ``(..., N)``, C = num_classes, M = next_pow2(max(N, C)) and H_M is the
+    Sylvester Hadamard matrix (entries +-1); the result has shape ``(..., C)`` and x's
+    dtype. Dense equivalent:
+    ``scale * F.linear(F.normalize(x, dim=-1, eps=eps), H_M[:C, :N]) + bias``.
+
+    Args:
+        x: float32 / float64 / float16 / bfloat16 features, at least one, any strides.
+        num_classes: C >= 1. The rows of H_M[:C, :N] are orthogonal only when N is a power
+            of two and C <= N; with C > N (the paper's caveat) some classes share
+            directions up to sign, which costs accuracy - allowed, not refused.
+        scale: the learned inverse temperature alpha, a 0-d or 1-element floating tensor
+            on x's device (a Python float is taken as a constant).
+        bias: None or a tensor of shape (C,) on x's device (cast to x's dtype).
+        normalize: divide each row by its L2 norm first (the paper's practice).
+        eps: lower bound of the norm, as in ``F.normalize``.
+        backend: "auto" or one of ``available_backends(x.device)``.
+
+    Gradients flow to x, scale and bias.
+    """
+    op = "hadamard_classifier"
+    _check_input(x, op)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise TypeError(f"{op}: num_classes must be an int, got {type(num_classes).__name__}")
+    if num_classes < 1:
+        raise ValueError(f"{op}: num_classes must be >= 1, got {num_classes}")
+    n = x.shape[-1]
+    if n < 1:
+        raise ValueError(f"{op}: x must have at least one feature, got shape {tuple(x.shape)}")
+    _check_size(n, num_classes, op)
+    if not eps > 0:
+        raise ValueError(f"{op}: eps must be > 0, got {eps}")
+    if isinstance(scale, numbers.Real) and not isinstance(scale, bool):
+        scale = torch.tensor(float(scale), dtype=torch.float32, device=x.device)
+    if not isinstance(scale, torch.Tensor):
+        raise TypeError(f"{op}: scale must be a tensor or a real number, got {type(scale).__name__}")
+    if scale.numel() != 1:
+        raise ValueError(f"{op}: scale must be a 0-d or 1-element tensor, got shape {tuple(scale.shape)}")
+    if scale.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: scale must be a floating-point tensor, got {scale.dtype}")
+    if scale.device != x.device:
+        raise ValueError(f"{op}: scale is on {scale.device} but x is on {x.device}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"{op}: bias must be a tensor or None, got {type(bias).__name__}")
+        if bias.shape != (num_classes,):
+            raise ValueError(
+                f"{op}: bias must have shape (num_classes,) = ({num_classes},), got {tuple(bias.shape)}"
+            )
+        if bias.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{op}: bias must be a floating-point tensor, got {bias.dtype}")
+        if bias.device != x.device:
+            raise ValueError(f"{op}: bias is on {bias.device} but x is on {x.device}")
+        bias = bias.to(x.dtype)
+    name = _resolve_backend(backend, x, op)
+    if name == "reference":
+        return reference.hadamard_classifier_reference(
+            x, num_classes, scale, bias, normalize=normalize, eps=eps
+        )
+    if name == "triton":
+        fwd = torch.ops.hadamard_kernels.classifier_forward_triton
+    else:
+        fwd = torch.ops.hadamard_kernels.classifier_forward
+    return fwd(x, scale, bias, num_classes, normalize, eps)
+
+
+# ---------------------------------------------------------------------------------------
+# Fake (meta) kernels: shapes and dtypes only, with the C++ checks repeated as torch._check.
+
+
+def _out_shape(x: torch.Tensor, last: int) -> list:
+    return [*x.shape[:-1], last]
+
+
+@torch.library.register_fake("hadamard_kernels::hadamard_transform")
+def _transform_fake(x: torch.Tensor, out_features: int, scale: float) -> torch.Tensor:
+    torch._check(x.dim() >= 1, lambda: "hadamard_transform: x must have at least 1 dimension")
+    torch._check(x.dtype in _FLOAT_DTYPES, lambda: f"hadamard_transform: unsupported dtype {x.dtype}")
+    torch._check(out_features >= 0, lambda: "hadamard_transform: out_features must be >= 0")
+    return x.new_empty(_out_shape(x, out_features))
+
+
+@torch.library.register_fake("hadamard_kernels::classifier_forward")
+def _classifier_forward_fake(x, scale, bias, num_classes, normalize, eps):
+    torch._check(x.dim() >= 1, lambda: "classifier_forward: x must have at least 1 dimension")
+    torch._check(x.dtype in _FLOAT_DTYPES, lambda: f"classifier_forward: unsupported dtype {x.dtype}")
+    torch._check(num_classes >= 1, lambda: "classifier_forward: num_classes must be >= 1")
+    torch._check(scale.numel() == 1, lambda: "classifier_forward: scale must have one element")
+    if bias is not None:
+        torch._check(bias.shape == (num_classes,), lambda: "classifier_forward: bias must be (num_classes,)")
+        torch._check(bias.dtype == x.dtype, lambda: "classifier_forward: bias dtype must equal x dtype")
+    return x.new_empty(_out_shape(x, num_classes))
+
+
+@torch.library.register_fake("hadamard_kernels::classifier_backward")
+def _classifier_backward_fake(grad_y, x, scale, normalize, eps):
+    torch._check(grad_y.shape[:-1] == x.shape[:-1], lambda: "classifier_backward: grad_y/x shape mismatch")
+    torch._check(grad_y.dtype == x.dtype, lambda: "classifier_backward: grad_y dtype must equal x dtype")
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        torch.empty_like(scale),
+        grad_y.new_empty((grad_y.shape[-1],), dtype=acc),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Autograd.
+#
+# hadamard_transform: y = s * H_M[:out, :in] x, so dL/dx = s * H_M[:out, :in]^T g
+#   = s * H_M[:in, :out] g (H_M is symmetric): the same op with out and in swapped.
+#   Its backward is again an op with registered autograd, so higher orders work too.
+# classifier_forward: one fused backward op (formulas in csrc/hadamard.h).
+
+
+def _transform_setup_context(ctx, inputs, output) -> None:
+    x, _, scale = inputs
+    ctx.in_features = x.shape[-1]
+    ctx.scale = scale
+
+
+def _transform_backward(ctx, grad: torch.Tensor):
+    grad_x = torch.ops.hadamard_kernels.hadamard_transform(grad, ctx.in_features, ctx.scale)
+    return grad_x, None, None
+
+
+def _classifier_setup_context(ctx, inputs, output) -> None:
+    x, scale, bias, _, normalize, eps = inputs
+    ctx.save_for_backward(x, scale)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.normalize = normalize
+    ctx.eps = eps
+
+
+def _classifier_backward(ctx, grad: torch.Tensor):
+    x, scale = ctx.saved_tensors
+    grad_x, grad_scale, grad_bias = torch.ops.hadamard_kernels.classifier_backward(
+        grad, x, scale, ctx.normalize, ctx.eps
+    )
+    grad_bias = None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype)
+    return grad_x, grad_scale, grad_bias, None, None, None
+
+
+torch.library.register_autograd(
+    "hadamard_kernels::hadamard_transform", _transform_backward, setup_context=_transform_setup_context
+)
+torch.library.register_autograd(
+    "hadamard_kernels::classifier_forward", _classifier_backward, setup_context=_classifier_setup_context
+)

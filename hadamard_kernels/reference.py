@@ -1,0 +1,91 @@
+"""Pure-PyTorch ground truth for every kernel: written to be obviously right, not fast.
+
+Everything here is differentiable with plain autograd, runs on any device and in any
+floating dtype (float64 for tests). Half-precision inputs are computed in float32 and
+the result is cast back.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "next_pow2",
+    "hadamard_matrix",
+    "hadamard_transform_reference",
+    "fwht_reference",
+    "hadamard_classifier_reference",
+]
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1)."""
+    m = 1
+    while m < n:
+        m *= 2
+    return m
+
+
+def hadamard_matrix(
+    n: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The (n, n) Sylvester Hadamard matrix, equal to ``scipy.linalg.hadamard(n)``.
+
+    H_1 = [[1]], H_2k = [[H_k, H_k], [H_k, -H_k]]. ``n`` must be a power of two.
+    """
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"hadamard_matrix: n must be a power of two >= 1, got {n}")
+    h = torch.ones(1, 1, dtype=dtype, device=device)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], dim=1), torch.cat([h, -h], dim=1)], dim=0)
+    return h
+
+
+def _fwht_pow2(x: torch.Tensor) -> torch.Tensor:
+    """H_m @ x over the last dim for m = x.shape[-1] a power of two, by the Sylvester
+    recursion: for x = [a, b] (halves), H_2k x = [H_k a + H_k b, H_k a - H_k b]."""
+    lead, m = x.shape[:-1], x.shape[-1]
+    h = 1
+    while h < m:
+        y = x.reshape(*lead, m // (2 * h), 2, h)
+        a, b = y[..., 0, :], y[..., 1, :]
+        x = torch.stack((a + b, a - b), dim=-2).reshape(*lead, m)
+        h *= 2
+    return x
+
+
+def hadamard_transform_reference(x: torch.Tensor, out_features: int, scale: float = 1.0) -> torch.Tensor:
+    """``scale * H_M[:out_features, :n] @ x`` over the last dim, n = x.shape[-1],
+    M = next_pow2(max(n, out_features)): zero-pad to M, transform, keep the first
+    out_features entries. Shape (..., n) -> (..., out_features)."""
+    n = x.shape[-1]
+    m = next_pow2(max(n, out_features))
+    work = x.to(torch.promote_types(x.dtype, torch.float32))
+    y = _fwht_pow2(F.pad(work, (0, m - n)))[..., :out_features]
+    return (scale * y).to(x.dtype)
+
+
+def fwht_reference(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``scale * x @ H_n.T`` over the last dim (n not a power of two: x is zero-padded
+    to the next power of two and the first n outputs are kept). Shape (..., n) -> (..., n)."""
+    return hadamard_transform_reference(x, x.shape[-1], scale)
+
+
+def hadamard_classifier_reference(
+    x: torch.Tensor,
+    num_classes: int,
+    scale: torch.Tensor | float,
+    bias: torch.Tensor | None = None,
+    *,
+    normalize: bool = True,
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """The fixed Hadamard classifier: ``scale * H_M[:C, :N] @ x_hat + bias`` with
+    ``x_hat = x / max(||x||_2, eps)`` (``F.normalize``) or ``x`` if not normalize.
+    Shape (..., N) -> (..., C), C = num_classes."""
+    x_hat = F.normalize(x, dim=-1, eps=eps) if normalize else x
+    y = scale * hadamard_transform_reference(x_hat, num_classes)
+    if bias is not None:
+        y = y + bias
+    return y.to(x.dtype)
