@@ -27,7 +27,7 @@ def _want_cuda() -> bool:
 
 
 def _extension():
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DPy_LIMITED_API=0x030B0000"]
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wno-array-bounds"]
     if os.environ.get("HADAMARD_KERNELS_PORTABLE") != "1":
         cxx.append("-march=native")
     sources = ["csrc/ops.cpp"]
@@ -39,7 +39,7 @@ def _extension():
         py_limited_api=True,
     )
     if _want_cuda() and cuda_sources:
-        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
         return CUDAExtension(
             sources=sources + cuda_sources,
             extra_compile_args={"cxx": cxx + ["-DHADAMARD_KERNELS_WITH_CUDA"], "nvcc": nvcc},

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -78,14 +79,23 @@ template <typename scalar_t>
 void transform_kernel(const scalar_t* x, scalar_t* out, const TransformParams p) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t scale = static_cast<acc_t>(p.scale);
+  // Fast path: rows read and written in place in the output, no scratch buffer.
+  const bool direct = std::is_same_v<scalar_t, acc_t> && p.x_col_stride == 1 &&
+                      p.in_features == p.m && p.out_features == p.m;
   at::parallel_for(0, p.rows, grain_rows(p.m), [&](int64_t begin, int64_t end) {
+    if (direct) {
+      for (int64_t r = begin; r < end; ++r)
+        cpu::fwht_row(reinterpret_cast<const acc_t*>(x + r * p.x_row_stride),
+                      reinterpret_cast<acc_t*>(out + r * p.out_row_stride), p.m, scale);
+      return;
+    }
     RowBuffer<acc_t> row(p.m);
     acc_t* buf = row.get();
     for (int64_t r = begin; r < end; ++r) {
       load_row<scalar_t, acc_t, false>(x + r * p.x_row_stride, p.x_col_stride, p.in_features, buf, p.m);
-      cpu::fwht_inplace(buf, p.m);
+      cpu::fwht_row(buf, buf, p.m, scale);
       scalar_t* o = out + r * p.out_row_stride;
-      for (int64_t i = 0; i < p.out_features; ++i) o[i] = static_cast<scalar_t>(scale * buf[i]);
+      for (int64_t i = 0; i < p.out_features; ++i) o[i] = static_cast<scalar_t>(buf[i]);
     }
   });
 }

@@ -71,61 +71,119 @@ inline void fwht_scalar(T* buf, int64_t m) {
   }
 }
 
-// Stages of vector strides h, 2h, 4h on the 8 vectors v[j + t*h], t = 0..7.
-template <typename V>
-inline void radix8(V* v, int64_t h) {
-  V a0 = v[0], a1 = v[h], a2 = v[2 * h], a3 = v[3 * h];
-  V a4 = v[4 * h], a5 = v[5 * h], a6 = v[6 * h], a7 = v[7 * h];
-  V b0 = a0 + a1, b1 = a0 - a1, b2 = a2 + a3, b3 = a2 - a3;
-  V b4 = a4 + a5, b5 = a4 - a5, b6 = a6 + a7, b7 = a6 - a7;
-  V c0 = b0 + b2, c2 = b0 - b2, c1 = b1 + b3, c3 = b1 - b3;
-  V c4 = b4 + b6, c6 = b4 - b6, c5 = b5 + b7, c7 = b5 - b7;
-  v[0] = c0 + c4; v[4 * h] = c0 - c4;
-  v[h] = c1 + c5; v[5 * h] = c1 - c5;
-  v[2 * h] = c2 + c6; v[6 * h] = c2 - c6;
-  v[3 * h] = c3 + c7; v[7 * h] = c3 - c7;
+// K butterfly levels (strides 1, 2, .., 2^(K-1)) on 2^K vectors held in registers.
+template <int K, typename V>
+inline void levels(V (&r)[1 << K]) {
+#pragma GCC unroll 16
+  for (int h = 1; h < (1 << K); h <<= 1) {
+#pragma GCC unroll 16
+    for (int i = 0; i < (1 << K); i += 2 * h) {
+#pragma GCC unroll 16
+      for (int j = i; j < i + h; ++j) {
+        const V a = r[j];
+        const V b = r[j + h];
+        r[j] = a + b;
+        r[j + h] = a - b;
+      }
+    }
+  }
 }
 
-// Stages of vector strides h, 2h on the 4 vectors v[j + t*h], t = 0..3.
-template <typename V>
-inline void radix4(V* v, int64_t h) {
-  V a0 = v[0], a1 = v[h], a2 = v[2 * h], a3 = v[3 * h];
-  V b0 = a0 + a1, b1 = a0 - a1, b2 = a2 + a3, b3 = a2 - a3;
-  v[0] = b0 + b2; v[2 * h] = b0 - b2;
-  v[h] = b1 + b3; v[3 * h] = b1 - b3;
+// One in-place sweep doing K levels of vector strides h, 2h, .., 2^(K-1) h over nv vectors.
+template <int K, typename V>
+inline void sweep(V* v, int64_t nv, int64_t h) {
+  constexpr int R = 1 << K;
+  for (int64_t i = 0; i < nv; i += R * h) {
+    for (int64_t j = i; j < i + h; ++j) {
+      V r[R];
+#pragma GCC unroll 16
+      for (int t = 0; t < R; ++t) r[t] = v[j + t * h];
+      levels<K>(r);
+#pragma GCC unroll 16
+      for (int t = 0; t < R; ++t) v[j + t * h] = r[t];
+    }
+  }
 }
 
-// Stage of vector stride h on the 2 vectors v[j], v[j + h].
-template <typename V>
-inline void radix2(V* v, int64_t h) {
-  V a0 = v[0], a1 = v[h];
-  v[0] = a0 + a1; v[h] = a0 - a1;
+// First sweep, reading `in` (unaligned, may equal out): scale, the in-register stages,
+// and K levels between neighbouring vectors, written to `out`.
+template <int K, typename T>
+inline void first_sweep(const T* in, T* out, int64_t nv, T scale) {
+  using V = typename Vec<T>::type;
+  constexpr int R = 1 << K;
+  constexpr int64_t W = Vec<T>::kLanes;
+  for (int64_t i = 0; i < nv; i += R) {
+    V r[R];
+#pragma GCC unroll 16
+    for (int t = 0; t < R; ++t) {
+      V a;
+      __builtin_memcpy(&a, in + (i + t) * W, sizeof(V));
+      r[t] = Vec<T>::stages(a * scale);
+    }
+    levels<K>(r);
+#pragma GCC unroll 16
+    for (int t = 0; t < R; ++t) __builtin_memcpy(out + (i + t) * W, &r[t], sizeof(V));
+  }
 }
 
-// buf <- H_m @ buf for m a power of two; buf aligned to kVecBytes when m >= lanes.
+// Levels [first, first + count) of vector strides h = 2^first.. in place, swept radix 8
+// with the last sweep taking up to 4 levels (radix 16).
+template <typename V>
+inline void remaining_levels(V* v, int64_t nv, int64_t h, int count) {
+  for (; count > 4; count -= 3, h *= 8) sweep<3>(v, nv, h);
+  switch (count) {
+    case 1: sweep<1>(v, nv, h); break;
+    case 2: sweep<2>(v, nv, h); break;
+    case 3: sweep<3>(v, nv, h); break;
+    case 4: sweep<4>(v, nv, h); break;
+    default: break;
+  }
+}
+
+inline int log2_exact(int64_t n) {
+  int k = 0;
+  while ((int64_t{1} << k) < n) ++k;
+  return k;
+}
+
+// Rows of up to kBlockBytes are transformed while they stay in L1: 16 KB fits the
+// 32-48 KB L1 data caches of current x86 and Arm cores with room for the input stream.
+constexpr int64_t kBlockBytes = 8192;
+
+// out = scale * H_m @ in for one row of m = 2^k values; `in` may equal `out`.
+// Rows of up to kBlockBytes: a first sweep fusing load, scale, in-register stages and 3
+// levels, then radix-8/16 sweeps. Longer rows: each kBlockBytes block is transformed
+// that way in L1, then the levels between blocks are swept over the whole row (L2).
 template <typename T>
-inline void fwht_inplace(T* buf, int64_t m) {
+inline void fwht_row(const T* in, T* out, int64_t m, T scale) {
   using V = typename Vec<T>::type;
   constexpr int64_t W = Vec<T>::kLanes;
   if (m < W) {
-    fwht_scalar(buf, m);
+    for (int64_t i = 0; i < m; ++i) out[i] = in[i] * scale;
+    fwht_scalar(out, m);
     return;
   }
-  V* v = reinterpret_cast<V*>(buf);
   const int64_t nv = m / W;
-  for (int64_t k = 0; k < nv; ++k) v[k] = Vec<T>::stages(v[k]);
-  int64_t h = 1;  // stride in vectors
-  for (; 8 * h <= nv; h *= 8) {
-    for (int64_t i = 0; i < nv; i += 8 * h)
-      for (int64_t j = i; j < i + h; ++j) radix8(v + j, h);
+  constexpr int64_t block_vecs = kBlockBytes / sizeof(V);
+  if (nv > block_vecs) {
+    for (int64_t b = 0; b < nv; b += block_vecs) fwht_row(in + b * W, out + b * W, block_vecs * W, scale);
+    remaining_levels(reinterpret_cast<V*>(out), nv, block_vecs, log2_exact(nv / block_vecs));
+    return;
   }
-  if (4 * h <= nv) {
-    for (int64_t i = 0; i < nv; i += 4 * h)
-      for (int64_t j = i; j < i + h; ++j) radix4(v + j, h);
-  } else if (2 * h <= nv) {
-    for (int64_t i = 0; i < nv; i += 2 * h)
-      for (int64_t j = i; j < i + h; ++j) radix2(v + j, h);
+  const int levels_left = log2_exact(nv);
+  switch (levels_left) {
+    case 0: first_sweep<0>(in, out, nv, scale); return;
+    case 1: first_sweep<1>(in, out, nv, scale); return;
+    case 2: first_sweep<2>(in, out, nv, scale); return;
+    default: first_sweep<3>(in, out, nv, scale); break;
   }
+  remaining_levels(reinterpret_cast<V*>(out), nv, 8, levels_left - 3);
+}
+
+// buf <- H_m @ buf.
+template <typename T>
+inline void fwht_inplace(T* buf, int64_t m) {
+  fwht_row(buf, buf, m, T(1));
 }
 
 }  // namespace cpu
