@@ -4,6 +4,8 @@ Importing the package loads the compiled extension, which registers the
 ``torch.ops.hadamard_kernels.*`` custom ops (CPU always, CUDA when built).
 """
 
+import torch  # noqa: F401  (loads libc10 / libtorch before the extension)
+
 from . import _C  # noqa: F401  (runs the TORCH_LIBRARY registrations)
 from . import nn, reference
 from .ops import BACKENDS, MAX_FEATURES, available_backends, fwht, hadamard_classifier

@@ -21,8 +21,12 @@ from . import reference
 
 __all__ = ["fwht", "hadamard_classifier", "available_backends", "BACKENDS", "MAX_FEATURES"]
 
-#: Every backend name, fastest first; "auto" takes the first one available for the device.
+#: Every backend name. "auto" takes the first one available for the tensor's device, in
+#: the order of _PREFERENCE (fastest first).
 BACKENDS: tuple[str, ...] = ("cuda", "triton", "cpu", "reference")
+
+# On CPU, triton means its interpreter (TRITON_INTERPRET=1): correct but slow, so last.
+_PREFERENCE = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "triton", "reference")}
 
 #: Largest transform size M = next_pow2(max(in_features, out_features)) the kernels accept.
 MAX_FEATURES: int = 2**20
@@ -47,7 +51,7 @@ def available_backends(device: torch.device | str | None = None) -> tuple[str, .
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     found = []
-    for name in BACKENDS:
+    for name in _PREFERENCE.get(device.type, ("triton", "reference")):
         if name == "reference":
             ok = True
         elif name in ("cpu", "cuda"):
