@@ -51,24 +51,39 @@ class RowBuffer {
   std::unique_ptr<acc_t[], Free> data_;
 };
 
-// buf[:n] = row[0 : n*stride : stride] in acc_t, buf[n:m] = 0; returns sum of squares if asked.
+// Only t = next_pow2(min(in, out)) points of the size-M transform are ever needed
+// (M = next_pow2(max(in, out))). Split an index of H_M as (k, j) with j < t, so that
+// H_M = H_{M/t} (x) H_t and H_M[kt + j', kt' + j] = H_{M/t}[k, k'] H_t[j', j]:
+//   * in > out: outputs j' < t use row k = 0 of H_{M/t} (all ones), so
+//     y = H_t @ fold(x), fold(x)[j] = sum_k x[k t + j]: the input is folded onto t points;
+//   * in < out: x lives on column block k' = 0, so y[k t + j'] = (H_t @ x)[j']: the
+//     size-t transform is repeated across the outputs.
+// The classifier with C = 10, N = 512 thus costs one pass over x and a 16-point transform.
+inline int64_t reduced_size(int64_t in_features, int64_t out_features) {
+  return next_pow2(std::min(in_features, out_features));
+}
+
+// buf[:t] = fold of row[0 : n*stride : stride] onto t points (zero-padded when n < t) in
+// acc_t; returns the sum of squares of the row when kSumSq.
 template <typename scalar_t, typename acc_t, bool kSumSq>
-inline acc_t load_row(const scalar_t* row, int64_t stride, int64_t n, acc_t* buf, int64_t m) {
+inline acc_t load_folded(const scalar_t* row, int64_t stride, int64_t n, acc_t* buf, int64_t t) {
   acc_t sumsq = 0;
-  if (stride == 1) {
-    for (int64_t i = 0; i < n; ++i) {
-      const acc_t v = static_cast<acc_t>(row[i]);
-      buf[i] = v;
-      if (kSumSq) sumsq += v * v;
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) {
-      const acc_t v = static_cast<acc_t>(row[i * stride]);
-      buf[i] = v;
+  const int64_t first = std::min(n, t);
+  for (int64_t i = 0; i < first; ++i) {
+    const acc_t v = static_cast<acc_t>(row[i * stride]);
+    buf[i] = v;
+    if (kSumSq) sumsq += v * v;
+  }
+  std::fill(buf + first, buf + t, acc_t(0));
+  for (int64_t base = t; base < n; base += t) {
+    const scalar_t* part = row + base * stride;
+    const int64_t len = std::min(t, n - base);
+    for (int64_t j = 0; j < len; ++j) {
+      const acc_t v = static_cast<acc_t>(part[j * stride]);
+      buf[j] += v;
       if (kSumSq) sumsq += v * v;
     }
   }
-  std::fill(buf + n, buf + m, acc_t(0));
   return sumsq;
 }
 
@@ -79,23 +94,24 @@ template <typename scalar_t>
 void transform_kernel(const scalar_t* x, scalar_t* out, const TransformParams p) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t scale = static_cast<acc_t>(p.scale);
+  const int64_t t = reduced_size(p.in_features, p.out_features);
   // Fast path: rows read and written in place in the output, no scratch buffer.
   const bool direct = std::is_same_v<scalar_t, acc_t> && p.x_col_stride == 1 &&
-                      p.in_features == p.m && p.out_features == p.m;
-  at::parallel_for(0, p.rows, grain_rows(p.m), [&](int64_t begin, int64_t end) {
+                      p.in_features == t && p.out_features == t;
+  at::parallel_for(0, p.rows, grain_rows(std::max(p.in_features, p.out_features)), [&](int64_t begin, int64_t end) {
     if (direct) {
       for (int64_t r = begin; r < end; ++r)
         cpu::fwht_row(reinterpret_cast<const acc_t*>(x + r * p.x_row_stride),
-                      reinterpret_cast<acc_t*>(out + r * p.out_row_stride), p.m, scale);
+                      reinterpret_cast<acc_t*>(out + r * p.out_row_stride), t, scale);
       return;
     }
-    RowBuffer<acc_t> row(p.m);
+    RowBuffer<acc_t> row(t);
     acc_t* buf = row.get();
     for (int64_t r = begin; r < end; ++r) {
-      load_row<scalar_t, acc_t, false>(x + r * p.x_row_stride, p.x_col_stride, p.in_features, buf, p.m);
-      cpu::fwht_row(buf, buf, p.m, scale);
+      load_folded<scalar_t, acc_t, false>(x + r * p.x_row_stride, p.x_col_stride, p.in_features, buf, t);
+      cpu::fwht_row(buf, buf, t, scale);
       scalar_t* o = out + r * p.out_row_stride;
-      for (int64_t i = 0; i < p.out_features; ++i) o[i] = static_cast<scalar_t>(buf[i]);
+      for (int64_t i = 0; i < p.out_features; ++i) o[i] = static_cast<scalar_t>(buf[i & (t - 1)]);
     }
   });
 }
@@ -127,20 +143,21 @@ void classifier_forward_kernel(const scalar_t* x, const scalar_t* bias, scalar_t
   using acc_t = at::opmath_type<scalar_t>;
   const TransformParams& p = cp.t;
   const acc_t alpha = static_cast<acc_t>(p.scale);
-  at::parallel_for(0, p.rows, grain_rows(p.m), [&](int64_t begin, int64_t end) {
-    RowBuffer<acc_t> row(p.m);
+  const int64_t t = reduced_size(p.in_features, p.out_features);
+  at::parallel_for(0, p.rows, grain_rows(std::max(p.in_features, p.out_features)), [&](int64_t begin, int64_t end) {
+    RowBuffer<acc_t> row(t);
     acc_t* buf = row.get();
     for (int64_t r = begin; r < end; ++r) {
       const acc_t sumsq =
-          load_row<scalar_t, acc_t, true>(x + r * p.x_row_stride, p.x_col_stride, p.in_features, buf, p.m);
-      cpu::fwht_inplace(buf, p.m);
+          load_folded<scalar_t, acc_t, true>(x + r * p.x_row_stride, p.x_col_stride, p.in_features, buf, t);
+      cpu::fwht_row(buf, buf, t, acc_t(1));
       const acc_t a = alpha * inv_norm(sumsq, cp.normalize, cp.eps);
       scalar_t* o = y + r * p.out_row_stride;
       if (bias != nullptr) {
         for (int64_t c = 0; c < p.out_features; ++c)
-          o[c] = static_cast<scalar_t>(a * buf[c] + static_cast<acc_t>(bias[c]));
+          o[c] = static_cast<scalar_t>(a * buf[c & (t - 1)] + static_cast<acc_t>(bias[c]));
       } else {
-        for (int64_t c = 0; c < p.out_features; ++c) o[c] = static_cast<scalar_t>(a * buf[c]);
+        for (int64_t c = 0; c < p.out_features; ++c) o[c] = static_cast<scalar_t>(a * buf[c & (t - 1)]);
       }
     }
   });
@@ -190,9 +207,11 @@ inline acc_t classifier_backward_row(const scalar_t* g, int64_t g_stride, const 
                                      acc_t alpha, const ClassifierParams& cp) {
   const TransformParams& p = cp.t;  // in_features = C (rows of g), out_features = N
   const int64_t n = p.out_features;
-  load_row<scalar_t, acc_t, false>(g, g_stride, p.in_features, u, p.m);
-  cpu::fwht_inplace(u, p.m);  // u[:N] = H_M[:N, :C] @ g
-  const acc_t sumsq = load_row<scalar_t, acc_t, true>(x, x_stride, n, xr, n);
+  const int64_t t = reduced_size(p.in_features, n);
+  load_folded<scalar_t, acc_t, false>(g, g_stride, p.in_features, u, t);
+  cpu::fwht_row(u, u, t, acc_t(1));
+  for (int64_t i = t; i < n; ++i) u[i] = u[i & (t - 1)];  // u[:N] = H_M[:N, :C] @ g
+  const acc_t sumsq = load_folded<scalar_t, acc_t, true>(x, x_stride, n, xr, n);
   acc_t ux = 0;
   for (int64_t i = 0; i < n; ++i) ux += u[i] * xr[i];
   if (!cp.normalize) {
@@ -242,7 +261,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cpu(
       const acc_t alpha = static_cast<acc_t>(cp.t.scale);
       const int64_t n = x_rows.size(1);
       at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
-        RowBuffer<acc_t> u(cp.t.m);
+        RowBuffer<acc_t> u(std::max(n, reduced_size(cp.t.in_features, n)));
         RowBuffer<acc_t> xr(n);
         for (int64_t c = cbegin; c < cend; ++c) {
           double acc = 0;

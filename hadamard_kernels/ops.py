@@ -38,6 +38,9 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _EXTRA_BACKENDS: dict[str, Callable[[torch.device], bool]] = {}
 
 
+# A registry query torch.compile cannot trace: taken as a constant (kernels are registered
+# at import, before any compilation), so backend dispatch costs no graph break.
+@torch.compiler.assume_constant_result
 def _has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"hadamard_kernels::{op}", dispatch_key)
 

@@ -180,11 +180,5 @@ inline void fwht_row(const T* in, T* out, int64_t m, T scale) {
   remaining_levels(reinterpret_cast<V*>(out), nv, 8, levels_left - 3);
 }
 
-// buf <- H_m @ buf.
-template <typename T>
-inline void fwht_inplace(T* buf, int64_t m) {
-  fwht_row(buf, buf, m, T(1));
-}
-
 }  // namespace cpu
 }  // namespace hadamard_kernels

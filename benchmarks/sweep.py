@@ -1,0 +1,316 @@
+"""Benchmark sweep: every backend of hadamard_kernels against the memory floor, dense
+matmul and peer packages, on whatever device exists. Writes JSON, a Markdown table and
+a PNG plot to benchmarks/results/<device>.{json,md,png} and prints the tables.
+
+    python benchmarks/sweep.py            # CUDA if visible, else CPU
+    python benchmarks/sweep.py --quick    # a few sizes, for a smoke run
+
+fwht rows: time of ``fwht(x)`` for x of shape (rows, n), next to ``x.clone()`` (one read
+and one write: the floor), dense ``F.linear(x, H_n)`` (what the transform replaces),
+numpy ``x @ scipy.linalg.hadamard(n)`` on CPU, and the peers that are installed
+(CPU: fht_cpu, ffht; CUDA: fast_hadamard_transform), all timed in one interleaved loop.
+Classifier rows: the fused ``hadamard_classifier`` against a learned ``nn.Linear`` head
+and against ``alpha * F.linear(F.normalize(x), W) + b``, forward and forward+backward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import hadamard_kernels as hk  # noqa: E402
+from hadamard_kernels.reference import hadamard_matrix  # noqa: E402
+from timing import environment, interleaved_medians  # noqa: E402
+
+try:
+    from tqdm import tqdm
+except ImportError:  # the progress bar is a nicety
+    def tqdm(it, **_):
+        return it
+
+
+@dataclass(frozen=True)
+class FwhtCase:
+    dtype: str
+    n: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class FwhtRow:
+    impl: str
+    dtype: str
+    n: int
+    rows: int
+    ms: float
+    vs_clone: float  # time / x.clone() time in the same loop
+    gbps: float  # (bytes read + bytes written) / time
+
+
+@dataclass(frozen=True)
+class ClassifierCase:
+    n: int
+    c: int
+    batch: int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ClassifierRow:
+    impl: str
+    pass_: str  # "forward" or "forward+backward"
+    n: int
+    c: int
+    batch: int
+    dtype: str
+    ms: float
+    speedup_vs_linear: float  # nn.Linear head time / this time
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def _cpu_peers(x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """Out-of-place calls of the CPU FWHT packages from PyPI that are installed (float32/64)."""
+    peers: dict[str, Callable[[], object]] = {}
+    a = x.numpy()
+    try:
+        import fht_cpu
+
+        out = a.copy()
+        peers["fht_cpu (PyPI)"] = lambda: fht_cpu.fht(a, inplace=False)
+        peers["fht_cpu (PyPI, out=preallocated)"] = lambda: fht_cpu.fht(a, out=out)
+    except ImportError:
+        pass
+    try:
+        import ffht
+
+        threads = torch.get_num_threads()
+        peers["ffht (PyPI)"] = lambda: ffht.fht(a, threads)
+    except ImportError:
+        pass
+    return peers
+
+
+def _cuda_peers(x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    peers: dict[str, Callable[[], object]] = {}
+    try:
+        from fast_hadamard_transform import hadamard_transform
+
+        if x.shape[-1] <= 2**15:
+            peers["fast-hadamard-transform"] = lambda: hadamard_transform(x, 1.0)
+    except ImportError:
+        pass
+    return peers
+
+
+def fwht_cases(device: torch.device, quick: bool) -> list[FwhtCase]:
+    if device.type == "cuda":
+        dtypes = ["float16", "bfloat16", "float32"]
+        ns = [2**k for k in (range(6, 21, 3) if quick else range(6, 21))]
+        big = 2**27
+        cases = [FwhtCase(d, n, big // n) for d in dtypes for n in ns]
+        cases += [FwhtCase(d, n, rows) for d in dtypes for n in ns for rows in (1, 256)]
+        return cases
+    ns = [2**k for k in ((6, 10, 14) if quick else (*range(4, 17), 20))]
+    return [FwhtCase("float32", n, 2**22 // n) for n in ns]
+
+
+def run_fwht_case(case: FwhtCase, device: torch.device) -> list[FwhtRow]:
+    dtype = DTYPES[case.dtype]
+    x = torch.randn(case.rows, case.n, device=device, dtype=dtype)
+    fns: dict[str, Callable[[], object]] = {"x.clone()": lambda: x.clone()}
+    for backend in hk.available_backends(device):
+        if backend == "reference" and case.n > 2**16:
+            continue
+        if backend == "triton" and case.n > 2**15:
+            continue
+        fns[f"hadamard_kernels[{backend}]"] = lambda b=backend: hk.fwht(x, backend=b)
+    dense_limit = 2**14 if device.type == "cuda" else 2**12
+    if case.n <= dense_limit:
+        h = hadamard_matrix(case.n, dtype=dtype, device=device)
+        fns["dense F.linear(x, H)"] = lambda: F.linear(x, h)
+        if device.type == "cpu" and case.n <= 2**10:
+            import numpy as np
+            import scipy.linalg
+
+            a, h_np = x.numpy(), scipy.linalg.hadamard(case.n).astype(np.float32)
+            fns["numpy x @ scipy H"] = lambda: a @ h_np
+    fns.update(_cuda_peers(x) if device.type == "cuda" else _cpu_peers(x))
+    ms = interleaved_medians(fns, device)
+    nbytes = 2 * x.numel() * x.element_size()
+    return [
+        FwhtRow(name, case.dtype, case.n, case.rows, t, t / ms["x.clone()"], nbytes / t / 1e6)
+        for name, t in ms.items()
+    ]
+
+
+def classifier_cases(device: torch.device, quick: bool) -> list[ClassifierCase]:
+    shapes = [(512, 10), (2048, 1000), (2048, 18000), (4096, 32000)]
+    if device.type == "cuda":
+        batches, dtype = (1, 16, 256, 4096), "bfloat16"
+    else:
+        batches, dtype = (1, 16, 256), "float32"
+    if quick:
+        shapes, batches = shapes[:2], batches[-1:]
+    return [ClassifierCase(n, c, b, dtype) for n, c in shapes for b in batches]
+
+
+def run_classifier_case(case: ClassifierCase, device: torch.device) -> list[ClassifierRow]:
+    dtype = DTYPES[case.dtype]
+    backend = hk.available_backends(device)[0]
+    x = torch.randn(case.batch, case.n, device=device, dtype=dtype)
+    g = torch.randn(case.batch, case.c, device=device, dtype=dtype)
+    head = torch.nn.Linear(case.n, case.c, device=device, dtype=dtype)
+    fixed = hk.nn.HadamardClassifier(case.n, case.c, device=device, dtype=dtype)
+    w, b, alpha = head.weight.detach(), head.bias.detach(), fixed.scale.detach()
+    xg = x.clone().requires_grad_(True)
+
+    def fwd_bwd(module):
+        def step():
+            module(xg).backward(g)
+        return step
+
+    ours = f"fused hadamard_classifier[{backend}]"
+    with torch.no_grad():
+        fwd = interleaved_medians(
+            {
+                "nn.Linear head": lambda: head(x),
+                "alpha * F.linear(F.normalize(x), W) + b": lambda: alpha * F.linear(F.normalize(x), w) + b,
+                ours: lambda: fixed(x),
+            },
+            device,
+        )
+    both = interleaved_medians({"nn.Linear head": fwd_bwd(head), ours: fwd_bwd(fixed)}, device)
+    rows = []
+    for pass_, ms in (("forward", fwd), ("forward+backward", both)):
+        for name, t in ms.items():
+            rows.append(ClassifierRow(name, pass_, case.n, case.c, case.batch, case.dtype, t,
+                                      ms["nn.Linear head"] / t))
+    return rows
+
+
+def _fmt(ms: float) -> str:
+    return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
+
+
+def fwht_markdown(rows: list[FwhtRow]) -> str:
+    impls = list(dict.fromkeys(r.impl for r in rows))
+    keys = list(dict.fromkeys((r.dtype, r.rows * r.n, r.n, r.rows) for r in rows))
+    by = {(r.impl, r.dtype, r.n, r.rows): r for r in rows}
+    lines = [
+        "| dtype | n | rows | " + " | ".join(impls) + " |",
+        "|---|---:|---:|" + "---:|" * len(impls),
+    ]
+    for dtype, _, n, nrows in keys:
+        cells = []
+        for impl in impls:
+            r = by.get((impl, dtype, n, nrows))
+            cells.append("" if r is None else f"{_fmt(r.ms)} ms ({r.vs_clone:.2f}x)")
+        lines.append(f"| {dtype} | 2^{n.bit_length() - 1} | {nrows} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def classifier_markdown(rows: list[ClassifierRow]) -> str:
+    impls = list(dict.fromkeys(r.impl for r in rows))
+    keys = list(dict.fromkeys((r.pass_, r.n, r.c, r.batch, r.dtype) for r in rows))
+    by = {(r.impl, r.pass_, r.n, r.c, r.batch, r.dtype): r for r in rows}
+    lines = [
+        "| pass | N | C | batch | dtype | " + " | ".join(impls) + " |",
+        "|---|---:|---:|---:|---|" + "---:|" * len(impls),
+    ]
+    for key in keys:
+        cells = []
+        for impl in impls:
+            r = by.get((impl, *key))
+            cells.append("" if r is None else f"{_fmt(r.ms)} ms ({r.speedup_vs_linear:.1f}x)")
+        lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(fwht_rows: list[FwhtRow], clf_rows: list[ClassifierRow], title: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    big = max(r.rows * r.n for r in fwht_rows)
+    dtypes = list(dict.fromkeys(r.dtype for r in fwht_rows))
+    fig, axes = plt.subplots(1, len(dtypes) + 1, figsize=(6 * (len(dtypes) + 1), 4.5))
+    for ax, dtype in zip(axes, dtypes):
+        for impl in dict.fromkeys(r.impl for r in fwht_rows):
+            pts = sorted((r.n, r.vs_clone) for r in fwht_rows
+                         if r.impl == impl and r.dtype == dtype and r.rows * r.n == big)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xlabel("n (transform size)")
+        ax.set_ylabel("time / x.clone() time")
+        ax.set_title(f"fwht, {dtype}, {big} elements")
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    fwd = [r for r in clf_rows if r.pass_ == "forward" and r.impl.startswith("fused")]
+    labels = [f"{r.n}->{r.c}\nb={r.batch}" for r in fwd]
+    ax.bar(range(len(fwd)), [r.speedup_vs_linear for r in fwd])
+    ax.set_xticks(range(len(fwd)), labels, fontsize=6)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_ylabel("speedup over nn.Linear head (forward)")
+    ax.set_title("fused Hadamard classifier")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA if visible), 'cpu' or 'cuda'")
+    parser.add_argument("--quick", action="store_true", help="a few sizes only")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = parser.parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    env = environment(device)
+    fwht_rows: list[FwhtRow] = []
+    for case in tqdm(fwht_cases(device, args.quick), desc="fwht", leave=False):
+        fwht_rows += run_fwht_case(case, device)
+    clf_rows: list[ClassifierRow] = []
+    for case in tqdm(classifier_cases(device, args.quick), desc="classifier", leave=False):
+        clf_rows += run_classifier_case(case, device)
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{device.type} {env['device']}".lower()).strip("-")
+    slug += "-quick" if args.quick else ""
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, slug)
+    header = ", ".join(f"{k} {v}" for k, v in env.items())
+    md = (
+        f"# hadamard_kernels benchmark: {env['device']}\n\n{header}\n\n"
+        "## fwht: median ms (time / x.clone() time)\n\n" + fwht_markdown(fwht_rows) + "\n\n"
+        "## Fixed classifier: median ms (speedup over the nn.Linear head)\n\n"
+        + classifier_markdown(clf_rows) + "\n"
+    )
+    with open(stem + ".md", "w") as f:
+        f.write(md)
+    with open(stem + ".json", "w") as f:
+        json.dump({"environment": env,
+                   "fwht": [dataclasses.asdict(r) for r in fwht_rows],
+                   "classifier": [dataclasses.asdict(r) for r in clf_rows]}, f, indent=1)
+    plot(fwht_rows, clf_rows, header, stem + ".png")
+    print(md)
+    print(f"wrote {stem}.json, .md, .png")
+
+
+if __name__ == "__main__":
+    main()

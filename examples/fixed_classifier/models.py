@@ -1,0 +1,75 @@
+"""The two small networks of the example and the three heads they are trained with.
+
+Every network ends in a feature layer of ``features`` units followed by a head, the layer
+the paper fixes: ``nn.Linear(features, classes)`` (learned, C x N + C parameters) or one of
+the fixed heads of :mod:`hadamard_kernels.nn` (C + 1 parameters: the bias and alpha).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from hadamard_kernels.nn import HadamardClassifier, OrthogonalClassifier
+
+HEADS = ("linear", "orthogonal", "hadamard")
+MODELS = ("cnn", "mlp")
+
+
+def make_head(kind: str, features: int, classes: int, alpha: float | None = None) -> nn.Module:
+    """The classifier layer: ``alpha=None`` learns alpha from the paper's initial value
+    (1/sqrt(C) for Hadamard, 10 for orthogonal); a number fixes alpha (the Fig. 3 sweep)."""
+    if kind == "linear":
+        if alpha is not None:
+            raise ValueError("make_head: the learned linear head has no alpha to fix")
+        return nn.Linear(features, classes)
+    cls = {"orthogonal": OrthogonalClassifier, "hadamard": HadamardClassifier}.get(kind)
+    if cls is None:
+        raise ValueError(f"make_head: head must be one of {HEADS}, got {kind!r}")
+    if alpha is None:
+        return cls(features, classes)
+    return cls(features, classes, init_scale=alpha, learn_scale=False)
+
+
+class SmallCNN(nn.Module):
+    """conv3x3(16) - pool - conv3x3(32) - pool - fc(features) - ReLU - head."""
+
+    def __init__(self, head: nn.Module, features: int, width: int = 16) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * width * 7 * 7, features), nn.ReLU(),
+        )
+        self.head = head
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class MLP(nn.Module):
+    """784 - 256 - ReLU - features - ReLU - head."""
+
+    def __init__(self, head: nn.Module, features: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(28 * 28, hidden), nn.ReLU(), nn.Linear(hidden, features), nn.ReLU(),
+        )
+        self.head = head
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def make_model(model: str, head: str, features: int = 128, classes: int = 10, alpha: float | None = None) -> nn.Module:
+    net = {"cnn": SmallCNN, "mlp": MLP}.get(model)
+    if net is None:
+        raise ValueError(f"make_model: model must be one of {MODELS}, got {model!r}")
+    return net(make_head(head, features, classes, alpha), features)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable parameters of the whole model, those of its head)."""
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    head = sum(p.numel() for p in model.head.parameters() if p.requires_grad)
+    return total, head
