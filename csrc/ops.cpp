@@ -63,28 +63,103 @@ inline int64_t reduced_size(int64_t in_features, int64_t out_features) {
   return next_pow2(std::min(in_features, out_features));
 }
 
+// Reductions run on kPartials independent lanes held in one vector variable: vectorised,
+// and in a fixed order (deterministic), which strict IEEE summation would not allow.
+constexpr int64_t kPartials = 16;
+template <typename T> struct Partials;
+template <> struct Partials<float> { typedef float type __attribute__((vector_size(64))); };
+template <> struct Partials<double> { typedef double type __attribute__((vector_size(128))); };
+template <typename T> using PartialsT = typename Partials<T>::type;
+
+template <typename acc_t>
+inline acc_t lane_sum(PartialsT<acc_t> v) {
+  acc_t s = 0;
+  for (int64_t j = 0; j < kPartials; ++j) s += v[j];
+  return s;
+}
+
+// kPartials values of src starting at i, converted to acc_t.
+template <bool kContiguous, typename scalar_t, typename acc_t>
+inline PartialsT<acc_t> load_lanes(const scalar_t* src, int64_t i, int64_t stride) {
+  PartialsT<acc_t> v;
+  if constexpr (kContiguous && std::is_same_v<scalar_t, acc_t>) {
+    __builtin_memcpy(&v, src + i, sizeof(v));
+  } else {
+    for (int64_t j = 0; j < kPartials; ++j) v[j] = static_cast<acc_t>(src[kContiguous ? i + j : (i + j) * stride]);
+  }
+  return v;
+}
+
+// dst[:len] (=|+=) src[0 : len*stride : stride] in acc_t; sumsq += lane-wise squares when kSumSq.
+template <bool kAdd, bool kSumSq, bool kContiguous, typename scalar_t, typename acc_t>
+inline void load_block(const scalar_t* src, int64_t stride, int64_t len, acc_t* dst, PartialsT<acc_t>& sumsq) {
+  using P = PartialsT<acc_t>;
+  int64_t i = 0;
+  for (; i + kPartials <= len; i += kPartials) {
+    P v = load_lanes<kContiguous, scalar_t, acc_t>(src, i, stride);
+    if (kSumSq) sumsq += v * v;
+    if (kAdd) {
+      P d;
+      __builtin_memcpy(&d, dst + i, sizeof(P));
+      v += d;
+    }
+    __builtin_memcpy(dst + i, &v, sizeof(P));
+  }
+  for (int64_t j = 0; i < len; ++i, ++j) {
+    const acc_t v = static_cast<acc_t>(src[kContiguous ? i : i * stride]);
+    dst[i] = kAdd ? dst[i] + v : v;
+    if (kSumSq) sumsq[j] += v * v;
+  }
+}
+
+template <bool kSumSq, bool kContiguous, typename scalar_t, typename acc_t>
+inline acc_t load_folded_impl(const scalar_t* row, int64_t stride, int64_t n, acc_t* buf, int64_t t) {
+  PartialsT<acc_t> sumsq = {};
+  const int64_t first = std::min(n, t);
+  load_block<false, kSumSq, kContiguous>(row, stride, first, buf, sumsq);
+  std::fill(buf + first, buf + t, acc_t(0));
+  for (int64_t base = t; base < n; base += t)
+    load_block<true, kSumSq, kContiguous>(row + base * stride, stride, std::min(t, n - base), buf, sumsq);
+  return lane_sum<acc_t>(sumsq);
+}
+
 // buf[:t] = fold of row[0 : n*stride : stride] onto t points (zero-padded when n < t) in
 // acc_t; returns the sum of squares of the row when kSumSq.
 template <typename scalar_t, typename acc_t, bool kSumSq>
 inline acc_t load_folded(const scalar_t* row, int64_t stride, int64_t n, acc_t* buf, int64_t t) {
-  acc_t sumsq = 0;
-  const int64_t first = std::min(n, t);
-  for (int64_t i = 0; i < first; ++i) {
-    const acc_t v = static_cast<acc_t>(row[i * stride]);
-    buf[i] = v;
-    if (kSumSq) sumsq += v * v;
+  return stride == 1 ? load_folded_impl<kSumSq, true>(row, stride, n, buf, t)
+                     : load_folded_impl<kSumSq, false>(row, stride, n, buf, t);
+}
+
+// sum_i a[i] * b[i] on kPartials lanes.
+template <typename acc_t>
+inline acc_t dot(const acc_t* a, const acc_t* b, int64_t n) {
+  using P = PartialsT<acc_t>;
+  P sum = {};
+  int64_t i = 0;
+  for (; i + kPartials <= n; i += kPartials) {
+    P va, vb;
+    __builtin_memcpy(&va, a + i, sizeof(P));
+    __builtin_memcpy(&vb, b + i, sizeof(P));
+    sum += va * vb;
   }
-  std::fill(buf + first, buf + t, acc_t(0));
-  for (int64_t base = t; base < n; base += t) {
-    const scalar_t* part = row + base * stride;
+  for (int64_t j = 0; i < n; ++i, ++j) sum[j] += a[i] * b[i];
+  return lane_sum<acc_t>(sum);
+}
+
+// o[i] = a * buf[i mod t] (+ bias[i]) for i < n: the size-t result repeated over n outputs.
+template <typename scalar_t, typename acc_t>
+inline void store_repeated(const acc_t* __restrict buf, int64_t t, acc_t a, const scalar_t* __restrict bias,
+                           scalar_t* __restrict o, int64_t n) {
+  for (int64_t base = 0; base < n; base += t) {
     const int64_t len = std::min(t, n - base);
-    for (int64_t j = 0; j < len; ++j) {
-      const acc_t v = static_cast<acc_t>(part[j * stride]);
-      buf[j] += v;
-      if (kSumSq) sumsq += v * v;
+    if (bias != nullptr) {
+      for (int64_t i = 0; i < len; ++i)
+        o[base + i] = static_cast<scalar_t>(a * buf[i] + static_cast<acc_t>(bias[base + i]));
+    } else {
+      for (int64_t i = 0; i < len; ++i) o[base + i] = static_cast<scalar_t>(a * buf[i]);
     }
   }
-  return sumsq;
 }
 
 // Rows per parallel task: enough that a task moves >= 32K values.
@@ -111,7 +186,7 @@ void transform_kernel(const scalar_t* x, scalar_t* out, const TransformParams p)
       load_folded<scalar_t, acc_t, false>(x + r * p.x_row_stride, p.x_col_stride, p.in_features, buf, t);
       cpu::fwht_row(buf, buf, t, scale);
       scalar_t* o = out + r * p.out_row_stride;
-      for (int64_t i = 0; i < p.out_features; ++i) o[i] = static_cast<scalar_t>(buf[i & (t - 1)]);
+      store_repeated<scalar_t, acc_t>(buf, t, acc_t(1), nullptr, o, p.out_features);
     }
   });
 }
@@ -152,13 +227,7 @@ void classifier_forward_kernel(const scalar_t* x, const scalar_t* bias, scalar_t
           load_folded<scalar_t, acc_t, true>(x + r * p.x_row_stride, p.x_col_stride, p.in_features, buf, t);
       cpu::fwht_row(buf, buf, t, acc_t(1));
       const acc_t a = alpha * inv_norm(sumsq, cp.normalize, cp.eps);
-      scalar_t* o = y + r * p.out_row_stride;
-      if (bias != nullptr) {
-        for (int64_t c = 0; c < p.out_features; ++c)
-          o[c] = static_cast<scalar_t>(a * buf[c & (t - 1)] + static_cast<acc_t>(bias[c]));
-      } else {
-        for (int64_t c = 0; c < p.out_features; ++c) o[c] = static_cast<scalar_t>(a * buf[c & (t - 1)]);
-      }
+      store_repeated<scalar_t, acc_t>(buf, t, a, bias, y + r * p.out_row_stride, p.out_features);
     }
   });
 }
@@ -210,10 +279,10 @@ inline acc_t classifier_backward_row(const scalar_t* g, int64_t g_stride, const 
   const int64_t t = reduced_size(p.in_features, n);
   load_folded<scalar_t, acc_t, false>(g, g_stride, p.in_features, u, t);
   cpu::fwht_row(u, u, t, acc_t(1));
-  for (int64_t i = t; i < n; ++i) u[i] = u[i & (t - 1)];  // u[:N] = H_M[:N, :C] @ g
+  for (int64_t base = t; base < n; base += t)  // u[:N] = H_M[:N, :C] @ g, period t
+    std::copy(u, u + std::min(t, n - base), u + base);
   const acc_t sumsq = load_folded<scalar_t, acc_t, true>(x, x_stride, n, xr, n);
-  acc_t ux = 0;
-  for (int64_t i = 0; i < n; ++i) ux += u[i] * xr[i];
+  const acc_t ux = dot(u, xr, n);
   if (!cp.normalize) {
     for (int64_t i = 0; i < n; ++i) gx[i] = static_cast<scalar_t>(alpha * u[i]);
     return ux;

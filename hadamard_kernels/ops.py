@@ -12,6 +12,7 @@ The C++ ops (csrc/ops.cpp) are:
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Callable
 
@@ -19,7 +20,7 @@ import torch
 
 from . import reference
 
-__all__ = ["fwht", "hadamard_classifier", "available_backends", "BACKENDS", "MAX_FEATURES"]
+__all__ = ["fwht", "hadamard_classifier", "available_backends", "register_backend", "BACKENDS", "MAX_FEATURES"]
 
 #: Every backend name. "auto" takes the first one available for the tensor's device, in
 #: the order of _PREFERENCE (fastest first).
@@ -33,7 +34,7 @@ MAX_FEATURES: int = 2**20
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-# Backends implemented outside the C++ extension register themselves here:
+# Backends implemented outside the C++ extension, registered with register_backend():
 # name -> predicate telling whether it can run on a device (see triton_kernels.py).
 _EXTRA_BACKENDS: dict[str, Callable[[torch.device], bool]] = {}
 
@@ -45,14 +46,16 @@ def _has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"hadamard_kernels::{op}", dispatch_key)
 
 
-def available_backends(device: torch.device | str | None = None) -> tuple[str, ...]:
-    """Backends that can run on ``device``, fastest first ("auto" picks the first).
+def register_backend(name: str, usable: Callable[[torch.device], bool]) -> None:
+    """Make backend ``name`` (one of BACKENDS) selectable where ``usable(device)`` is true."""
+    if name not in BACKENDS:
+        raise ValueError(f"register_backend: name must be one of {BACKENDS}, got {name!r}")
+    _EXTRA_BACKENDS[name] = usable
+    _available.cache_clear()
 
-    ``device`` defaults to "cuda" when a GPU is visible, else "cpu".
-    """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+
+@functools.lru_cache(maxsize=None)
+def _available(device: torch.device) -> tuple[str, ...]:
     found = []
     for name in _PREFERENCE.get(device.type, ("triton", "reference")):
         if name == "reference":
@@ -64,6 +67,16 @@ def available_backends(device: torch.device | str | None = None) -> tuple[str, .
         if ok:
             found.append(name)
     return tuple(found)
+
+
+def available_backends(device: torch.device | str | None = None) -> tuple[str, ...]:
+    """Backends that can run on ``device``, fastest first ("auto" picks the first).
+
+    ``device`` defaults to "cuda" when a GPU is visible, else "cpu".
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return _available(torch.device(device))
 
 
 def _resolve_backend(backend: str, x: torch.Tensor, op: str) -> str:
@@ -168,7 +181,9 @@ def hadamard_classifier(
     if not eps > 0:
         raise ValueError(f"{op}: eps must be > 0, got {eps}")
     if isinstance(scale, numbers.Real) and not isinstance(scale, bool):
-        scale = torch.tensor(float(scale), dtype=torch.float32, device=x.device)
+        # float64 x keeps a float64 scale: float32 would round it (1e-8 relative error).
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        scale = torch.tensor(float(scale), dtype=acc, device=x.device)
     if not isinstance(scale, torch.Tensor):
         raise TypeError(f"{op}: scale must be a tensor or a real number, got {type(scale).__name__}")
     if scale.numel() != 1:
