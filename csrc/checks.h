@@ -9,10 +9,14 @@
 
 namespace hadamard_kernels {
 
+// The storage dtypes every kernel handles (float8 and complex types are not among them).
+inline bool is_supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
 inline void check_float_input(const at::Tensor& x, const char* op, const char* name) {
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()) && !at::isComplexType(x.scalar_type()),
-                   op, ": ", name, " must be float32, float64, float16 or bfloat16, got ",
-                   x.scalar_type());
+  TORCH_CHECK_TYPE(is_supported_dtype(x.scalar_type()), op, ": ", name,
+                   " must be float32, float64, float16 or bfloat16, got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() >= 1, op, ": ", name, " must have at least 1 dimension, got a 0-d tensor");
 }
 

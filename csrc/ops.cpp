@@ -197,6 +197,7 @@ at::Tensor hadamard_transform_cpu(const at::Tensor& x, int64_t out_features, dou
   check_sizes(x.size(-1), out_features, op);
   at::Tensor out = at::empty(with_last_dim(x, out_features), x.options());
   if (out.numel() == 0) return out;
+  if (x.size(-1) == 0) return out.zero_();  // H_M @ (all-zero padding)
   const at::Tensor rows = as_rows(x);
   const TransformParams p = make_params(rows, out_features, scale);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "hadamard_transform_cpu", [&] {

@@ -145,9 +145,9 @@ class OrthogonalClassifier(_FixedClassifier):
                 f"OrthogonalClassifier: expected {self.in_features} input features, got shape {tuple(x.shape)}"
             )
         x_hat = F.normalize(x, dim=-1, eps=self.eps) if self.normalize else x
-        y = self.scale * F.linear(x_hat, self.weight.to(x.dtype))
+        y = self.scale.to(x.dtype) * F.linear(x_hat, self.weight.to(x.dtype))
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias.to(x.dtype)
         return y
 
     def extra_repr(self) -> str:

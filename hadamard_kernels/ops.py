@@ -124,7 +124,7 @@ def fwht(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torch
     ``fwht(grad, scale)``, H being symmetric. n up to 2^20.
     """
     _check_input(x, "fwht")
-    if not isinstance(scale, numbers.Real):
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"fwht: scale must be a real number, got {type(scale).__name__}")
     n = x.shape[-1]
     _check_size(n, n, "fwht")

@@ -85,6 +85,8 @@ def hadamard_classifier_reference(
     ``x_hat = x / max(||x||_2, eps)`` (``F.normalize``) or ``x`` if not normalize.
     Shape (..., N) -> (..., C), C = num_classes."""
     x_hat = F.normalize(x, dim=-1, eps=eps) if normalize else x
+    if isinstance(scale, torch.Tensor):
+        scale = scale.reshape(())  # a (1, 1) scale must not broadcast extra dims into y
     y = scale * hadamard_transform_reference(x_hat, num_classes)
     if bias is not None:
         y = y + bias
