@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #include "hadamard.h"
 
 namespace hadamard_kernels {
@@ -35,6 +37,40 @@ inline void check_scale(const at::Tensor& scale, const at::Tensor& x, const char
                    ": scale must be a floating-point tensor, got ", scale.scalar_type());
   TORCH_CHECK_VALUE(scale.device() == x.device(), op, ": scale is on ", scale.device(),
                     " but x is on ", x.device());
+}
+
+inline void check_classifier_args(const at::Tensor& x, const at::Tensor& scale, int64_t num_classes, double eps,
+                                  const char* op) {
+  check_float_input(x, op, "x");
+  TORCH_CHECK_VALUE(num_classes >= 1, op, ": num_classes must be >= 1, got ", num_classes);
+  TORCH_CHECK_VALUE(x.size(-1) >= 1, op, ": x must have at least one feature, got shape ", x.sizes());
+  TORCH_CHECK_VALUE(eps > 0, op, ": eps must be > 0, got ", eps);
+  check_sizes(x.size(-1), num_classes, op);
+  check_scale(scale, x, op);
+}
+
+// Returns bias made contiguous (undefined when absent) after checking shape, dtype, device.
+inline at::Tensor checked_bias(const std::optional<at::Tensor>& bias, const at::Tensor& x, int64_t num_classes,
+                               const char* op) {
+  if (!bias.has_value()) return at::Tensor();
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == num_classes, op,
+                    ": bias must have shape (num_classes,) = (", num_classes, ",), got ", bias->sizes());
+  TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), op, ": bias dtype ", bias->scalar_type(),
+                   " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK_VALUE(bias->device() == x.device(), op, ": bias is on ", bias->device(), " but x is on ",
+                    x.device());
+  return bias->contiguous();
+}
+
+inline void check_backward_args(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& scale,
+                                double eps, const char* op) {
+  check_classifier_args(x, scale, grad_y.size(-1), eps, op);
+  TORCH_CHECK_VALUE(grad_y.sizes().slice(0, grad_y.dim() - 1) == x.sizes().slice(0, x.dim() - 1), op,
+                    ": grad_y shape ", grad_y.sizes(), " does not match x shape ", x.sizes());
+  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), op, ": grad_y dtype ", grad_y.scalar_type(),
+                   " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK_VALUE(grad_y.device() == x.device(), op, ": grad_y is on ", grad_y.device(), " but x is on ",
+                    x.device());
 }
 
 // (rows, n) view of x with n = x.size(-1); copies only if no such view exists.

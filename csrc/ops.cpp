@@ -233,31 +233,12 @@ void classifier_forward_kernel(const scalar_t* x, const scalar_t* bias, scalar_t
   });
 }
 
-void check_classifier_args(const at::Tensor& x, const at::Tensor& scale, int64_t num_classes,
-                           double eps, const char* op) {
-  check_float_input(x, op, "x");
-  TORCH_CHECK_VALUE(num_classes >= 1, op, ": num_classes must be >= 1, got ", num_classes);
-  TORCH_CHECK_VALUE(x.size(-1) >= 1, op, ": x must have at least one feature, got shape ", x.sizes());
-  TORCH_CHECK_VALUE(eps > 0, op, ": eps must be > 0, got ", eps);
-  check_sizes(x.size(-1), num_classes, op);
-  check_scale(scale, x, op);
-}
-
 at::Tensor classifier_forward_cpu(const at::Tensor& x, const at::Tensor& scale,
                                   const std::optional<at::Tensor>& bias, int64_t num_classes,
                                   bool normalize, double eps) {
   constexpr const char* op = "hadamard_kernels::classifier_forward";
   check_classifier_args(x, scale, num_classes, eps, op);
-  at::Tensor bias_c;
-  if (bias.has_value()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == num_classes, op,
-                      ": bias must have shape (num_classes,) = (", num_classes, ",), got ", bias->sizes());
-    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), op, ": bias dtype ", bias->scalar_type(),
-                     " differs from x dtype ", x.scalar_type());
-    TORCH_CHECK_VALUE(bias->device() == x.device(), op, ": bias is on ", bias->device(),
-                      " but x is on ", x.device());
-    bias_c = bias->contiguous();
-  }
+  const at::Tensor bias_c = checked_bias(bias, x, num_classes, op);
   at::Tensor y = at::empty(with_last_dim(x, num_classes), x.options());
   if (y.numel() == 0) return y;
   const at::Tensor rows = as_rows(x);
@@ -305,12 +286,7 @@ inline acc_t classifier_backward_row(const scalar_t* g, int64_t g_stride, const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& scale, bool normalize, double eps) {
   constexpr const char* op = "hadamard_kernels::classifier_backward";
-  const int64_t num_classes = grad_y.size(-1);
-  check_classifier_args(x, scale, num_classes, eps, op);
-  TORCH_CHECK_VALUE(grad_y.sizes().slice(0, grad_y.dim() - 1) == x.sizes().slice(0, x.dim() - 1), op,
-                    ": grad_y shape ", grad_y.sizes(), " does not match x shape ", x.sizes());
-  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), op, ": grad_y dtype ", grad_y.scalar_type(),
-                   " differs from x dtype ", x.scalar_type());
+  check_backward_args(grad_y, x, scale, eps, op);
   const at::ScalarType acc_type = at::toOpMathType(x.scalar_type());
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   const at::Tensor g_rows = as_rows(grad_y);

@@ -10,6 +10,13 @@ from . import _C  # noqa: F401  (runs the TORCH_LIBRARY registrations)
 from . import nn, reference
 from .ops import BACKENDS, MAX_FEATURES, available_backends, fwht, hadamard_classifier
 
+try:
+    import triton  # noqa: F401  (optional dependency)
+except ImportError:  # no Triton: no "triton" backend
+    pass
+else:
+    from . import triton_kernels  # noqa: F401  (registers the "triton" backend and its ops)
+
 __all__ = [
     "BACKENDS",
     "MAX_FEATURES",

@@ -1,0 +1,391 @@
+// hadamard_kernels: CUDA device code of the fused fixed Hadamard classifier (no torch here).
+//
+// Forward, per row r (N = in_features, C = num_classes, M = next_pow2(max(N, C))):
+//     y[r] = alpha * (H_M[:C, :N] @ x[r]) / max(||x[r]||, eps) + bias      (no norm if !normalize)
+// Backward (g = dL/dy[r], u = H_M[:N, :C] @ g, formulas of csrc/hadamard.h):
+//     grad_x[r] = alpha / ||x|| * (u - x (u . x) / ||x||^2),  contrib[r] = u . x / ||x||
+// (alpha / eps * u and u . x / eps where the norm is clamped to eps; alpha * u and u . x
+// without normalisation). dL/dalpha = sum_r contrib[r] and dL/dbias = sum_r g[r] are summed
+// by the caller (torch reductions: deterministic, no atomics).
+//
+// M <= 2^15 (2^14 for float64): one kernel, the row tile of fwht.cuh plus a row reduction
+// (the sum of squares before the transform in the forward; u . x and x . x after it in the
+// backward). Larger M: the two passes of fwht.cuh (pass 1 also writes each chunk's sum of
+// squares; pass 2 applies alpha, the norm and the bias), and in the backward a third kernel
+// that reduces each row (one block a row) and writes grad_x.
+#pragma once
+
+#include "fwht.cuh"
+
+namespace hadamard_kernels {
+namespace cuda {
+
+template <typename T>
+struct ClassifierForwardArgs {
+  const T* x;
+  T* y;                   // rows of C, contiguous
+  const acc_of<T>* alpha; // device scalar
+  const T* bias;          // (C,) contiguous, or null
+  int64_t rows;
+  int64_t n;              // N
+  int64_t c;              // C
+  int64_t x_row_stride;
+  int64_t x_col_stride;
+  bool vec_load;
+  bool vec_store;
+  bool normalize;
+  acc_of<T> eps;
+};
+
+template <typename T, int L, bool kStrided>
+__global__ void __launch_bounds__(RowTile<T, L>::THREADS)
+    classifier_forward_kernel(const ClassifierForwardArgs<T> p) {
+  using Tile = RowTile<T, L>;
+  using A = acc_of<T>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  A* smem = reinterpret_cast<A*>(smem_raw);
+  A* red = smem + Tile::kExchangeElems;
+  Tile tile;
+  const A alpha = *p.alpha;
+  const int64_t groups = (p.rows + Tile::RPB - 1) / Tile::RPB;
+  for (int64_t g = blockIdx.x; g < groups; g += gridDim.x) {
+    const int64_t r = g * Tile::RPB + tile.rib;
+    const bool valid = r < p.rows;
+    const T* xr = p.x + (valid ? r : 0) * p.x_row_stride;
+    A ss = tile.template load<true, kStrided>(xr, p.x_col_stride, 0, p.n, p.vec_load, valid);
+    A unused = 0;
+    tile.row_sum2(ss, unused, red);
+    tile.transform(smem);
+    if (valid) {
+      // a = alpha * inv_norm, as the CPU kernel: alpha * (1 / max(||x||, eps)).
+      const A a = p.normalize ? alpha * (A(1) / max_like_std(sqrt(ss), p.eps)) : alpha;
+      const T* bias = p.bias;
+      if (bias != nullptr) {
+        tile.store(p.y + r * p.c, p.c, p.vec_store,
+                   [a, bias](A v, int64_t col) { return a * v + Num<T>::load(bias[col]); });
+      } else {
+        tile.store(p.y + r * p.c, p.c, p.vec_store, [a](A v, int64_t) { return a * v; });
+      }
+    }
+    if constexpr (Tile::W > 1) __syncthreads();
+  }
+}
+
+template <typename T>
+struct ClassifierBackwardArgs {
+  const T* g;  // grad_y rows of C
+  int64_t g_row_stride;
+  int64_t g_col_stride;
+  const T* x;  // rows of N
+  int64_t x_row_stride;
+  int64_t x_col_stride;
+  T* gx;                   // grad_x, rows of N, contiguous
+  acc_of<T>* contrib;      // (rows,): this row's dL/dalpha
+  const acc_of<T>* alpha;  // device scalar
+  int64_t rows;
+  int64_t n;  // N
+  int64_t c;  // C
+  bool vec_g;
+  bool vec_x;
+  bool vec_gx;
+  bool normalize;
+  acc_of<T> eps;
+};
+
+// Coefficients of one backward row: grad_x = ca * (u - cb * x), dL/dalpha share = contrib.
+template <typename A>
+struct BackwardCoefficients {
+  A ca, cb, contrib;
+};
+
+template <typename A>
+__device__ __forceinline__ BackwardCoefficients<A> backward_coefficients(A alpha, A ux, A xx, bool normalize,
+                                                                         A eps) {
+  if (!normalize) return {alpha, A(0), ux};
+  const A norm = sqrt(xx);
+  if (norm >= eps) return {alpha / norm, ux / (norm * norm), ux / norm};
+  // The norm is clamped to eps: x_hat = x / eps is linear in x.
+  return {alpha / eps, A(0), ux / eps};
+}
+
+template <typename T, int L, bool kStrided>
+__global__ void __launch_bounds__(RowTile<T, L>::THREADS)
+    classifier_backward_kernel(const ClassifierBackwardArgs<T> p) {
+  using Tile = RowTile<T, L>;
+  using A = acc_of<T>;
+  constexpr int KV = Tile::KV;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  A* smem = reinterpret_cast<A*>(smem_raw);
+  A* red = smem + Tile::kExchangeElems;
+  Tile tile;
+  const A alpha = *p.alpha;
+  const int64_t groups = (p.rows + Tile::RPB - 1) / Tile::RPB;
+  for (int64_t g = blockIdx.x; g < groups; g += gridDim.x) {
+    const int64_t r = g * Tile::RPB + tile.rib;
+    const bool valid = r < p.rows;
+    const int64_t rr = valid ? r : 0;
+    tile.template load<false, kStrided>(p.g + rr * p.g_row_stride, p.g_col_stride, 0, p.c, p.vec_g, valid);
+    tile.transform(smem);  // tile.a = u = H_M[:, :C] @ g in the final layout
+    // u . x and x . x over this thread's columns < N.
+    const int lim = valid ? Tile::clamp_limit(p.n, 0) : -1;
+    const int c_thread = tile.q_final_thread() * KV;
+    const T* xr = p.x + rr * p.x_row_stride;
+    A ux = 0, xx = 0;
+#pragma unroll
+    for (int v = 0; v < Tile::V; ++v) {
+      A xv[KV];
+      tile.template load_final<kStrided>(xr, p.x_col_stride, lim, p.vec_x, v, xv);
+#pragma unroll
+      for (int k = 0; k < KV; ++k) {
+        ux += tile.a[v][k] * xv[k];
+        xx += xv[k] * xv[k];
+      }
+    }
+    tile.row_sum2(ux, xx, red);
+    const BackwardCoefficients<A> co = backward_coefficients(alpha, ux, xx, p.normalize, p.eps);
+    if (valid) {
+      if (tile.t == 0) p.contrib[r] = co.contrib;
+      // x again (from L1/L2: keeping it in registers would double their number) if needed.
+      const int xlim = co.cb != A(0) ? lim : -1;
+      T* gr = p.gx + r * p.n;
+#pragma unroll
+      for (int v = 0; v < Tile::V; ++v) {
+        const int c = Tile::q_final_offset(v) * KV + c_thread;
+        A xv[KV];
+        tile.template load_final<kStrided>(xr, p.x_col_stride, xlim, p.vec_x, v, xv);
+        if (p.vec_gx) {
+          if (c < lim) {
+            T o[KV];
+#pragma unroll
+            for (int k = 0; k < KV; ++k) o[k] = Num<T>::store(co.ca * (tile.a[v][k] - xv[k] * co.cb));
+            store_vec<T, KV>(gr + c, o);
+          }
+        } else {
+#pragma unroll
+          for (int k = 0; k < KV; ++k)
+            if (c + k < lim) gr[c + k] = Num<T>::store(co.ca * (tile.a[v][k] - xv[k] * co.cb));
+        }
+      }
+    }
+    if constexpr (Tile::W > 1) __syncthreads();
+  }
+}
+
+// Backward for M > 2^15 after the two transform passes: u (rows of M accumulators in ws) and
+// x -> grad_x and contrib, one block a row.
+constexpr int kBackwardRowThreads = 512;
+
+template <typename T>
+struct BackwardRowArgs {
+  const acc_of<T>* u;  // rows of m
+  int64_t m;
+  const T* x;
+  int64_t x_row_stride;
+  int64_t x_col_stride;
+  T* gx;
+  acc_of<T>* contrib;
+  const acc_of<T>* alpha;
+  int64_t rows;
+  int64_t n;
+  bool normalize;
+  acc_of<T> eps;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kBackwardRowThreads) classifier_backward_rows_kernel(const BackwardRowArgs<T> p) {
+  using A = acc_of<T>;
+  constexpr int kWarps = kBackwardRowThreads / 32;
+  __shared__ A red[2 * kWarps];
+  const int tid = static_cast<int>(threadIdx.x);
+  const A alpha = *p.alpha;
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+    const A* u = p.u + r * p.m;
+    const T* x = p.x + r * p.x_row_stride;
+    A ux = 0, xx = 0;
+    for (int64_t i = tid; i < p.n; i += kBackwardRowThreads) {
+      const A xv = Num<T>::load(x[i * p.x_col_stride]);
+      ux += u[i] * xv;
+      xx += xv * xv;
+    }
+#pragma unroll
+    for (int h = 1; h < 32; h <<= 1) {
+      ux += __shfl_xor_sync(0xffffffffu, ux, h);
+      xx += __shfl_xor_sync(0xffffffffu, xx, h);
+    }
+    if (tid % 32 == 0) {
+      red[2 * (tid / 32)] = ux;
+      red[2 * (tid / 32) + 1] = xx;
+    }
+    __syncthreads();
+    ux = red[0];
+    xx = red[1];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) {
+      ux += red[2 * w];
+      xx += red[2 * w + 1];
+    }
+    const BackwardCoefficients<A> co = backward_coefficients(alpha, ux, xx, p.normalize, p.eps);
+    if (tid == 0) p.contrib[r] = co.contrib;
+    T* gx = p.gx + r * p.n;
+    for (int64_t i = tid; i < p.n; i += kBackwardRowThreads) {
+      const A xv = co.cb != A(0) ? Num<T>::load(x[i * p.x_col_stride]) : A(0);
+      gx[i] = Num<T>::store(co.ca * (u[i] - xv * co.cb));
+    }
+    __syncthreads();  // red is rewritten by the next row
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Host side.
+
+// Launches kernel<Tile, kStrided> (one block per Tile::RPB rows, grid-stride beyond 2^31 - 1).
+// (Tile, kStrided, Args) identifies the kernel, so smem_done is per kernel.
+template <typename Tile, bool kStrided, typename Args>
+inline cudaError_t launch_tile_kernel(void (*kernel)(Args), const Args& a, int64_t rows, cudaStream_t stream) {
+  static unsigned long long smem_done = 0;
+  cudaError_t err = allow_smem(kernel, Tile::kSmemBytes, smem_done);
+  if (err != cudaSuccess) return err;
+  kernel<<<grid_for((rows + Tile::RPB - 1) / Tile::RPB), Tile::THREADS, Tile::kSmemBytes, stream>>>(a);
+  return cudaGetLastError();
+}
+
+// The classifier's sizes: cp.t.in_features = N, out_features = C (forward) or the reverse
+// (backward), cp.t.m = M. Workspace bytes needed (0 when M fits one pass).
+template <typename T>
+inline size_t classifier_workspace_bytes(const ClassifierParams& cp, bool backward) {
+  const int L = ilog2(cp.t.m);
+  if (L <= max_single_pass_log2<T>()) return 0;
+  const size_t rows = static_cast<size_t>(cp.t.rows);
+  size_t elems = rows * static_cast<size_t>(cp.t.m);
+  if (!backward && cp.normalize) elems += rows << (L - pass1_log2<T>(L));
+  return elems * sizeof(acc_of<T>);
+}
+
+// y (rows of C, contiguous) = the forward for x (cp.t: rows, N, C, M and x's strides).
+// alpha: device pointer to the scale in the accumulator type; bias: (C,) contiguous or null.
+template <typename T>
+cudaError_t launch_classifier_forward(const T* x, const acc_of<T>* alpha, const T* bias, T* y,
+                                      const ClassifierParams& cp, void* workspace, cudaStream_t stream) {
+  using A = acc_of<T>;
+  const TransformParams& p = cp.t;
+  if (p.rows == 0) return cudaSuccess;
+  const int L = ilog2(p.m);
+  if (L > kMaxLogM || (int64_t{1} << L) != p.m) return cudaErrorInvalidValue;
+  if (L <= max_single_pass_log2<T>()) {
+    return dispatch_log2<0, max_single_pass_log2<T>()>(L, [&](auto lc) {
+      constexpr int kL = decltype(lc)::value;
+      using Tile = RowTile<T, kL>;
+      ClassifierForwardArgs<T> a{};
+      a.x = x;
+      a.y = y;
+      a.alpha = alpha;
+      a.bias = bias;
+      a.rows = p.rows;
+      a.n = p.in_features;
+      a.c = p.out_features;
+      a.x_row_stride = p.x_row_stride;
+      a.x_col_stride = p.x_col_stride;
+      a.vec_load = can_vectorize<T>(x, p.x_row_stride, p.x_col_stride, p.in_features, Tile::KV);
+      a.vec_store = can_vectorize<T>(y, p.out_features, 1, p.out_features, Tile::KV);
+      a.normalize = cp.normalize;
+      a.eps = static_cast<A>(cp.eps);
+      return p.x_col_stride == 1
+                 ? launch_tile_kernel<Tile, false>(classifier_forward_kernel<T, kL, false>, a, p.rows, stream)
+                 : launch_tile_kernel<Tile, true>(classifier_forward_kernel<T, kL, true>, a, p.rows, stream);
+    });
+  }
+  A* ws = static_cast<A*>(workspace);
+  const int L1 = pass1_log2<T>(L);
+  A* sumsq = cp.normalize ? ws + static_cast<size_t>(p.rows) * static_cast<size_t>(p.m) : nullptr;
+  cudaError_t err = launch_pass1<T>(x, p, L1, ws, sumsq, stream);
+  if (err != cudaSuccess) return err;
+  ColumnArgs<T, T> c{};
+  c.ws = ws;
+  c.out = y;
+  c.rows = p.rows;
+  c.m1 = int64_t{1} << L1;
+  c.out_features = p.out_features;
+  c.out_row_stride = p.out_features;
+  c.scale = A(1);
+  c.alpha = alpha;
+  c.bias = bias;
+  c.sumsq = sumsq;
+  c.normalize = cp.normalize;
+  c.eps = static_cast<A>(cp.eps);
+  return launch_pass2<T, T, ColumnEpilogue::kClassifier>(c, L - L1, stream);
+}
+
+// grad_x (rows of N, contiguous) and contrib (rows,) of the backward. cp.t describes grad_y:
+// rows, in_features = C, out_features = N, M, grad_y's strides; x has N columns with strides
+// (x_row_stride, x_col_stride). alpha: device pointer in the accumulator type.
+template <typename T>
+cudaError_t launch_classifier_backward(const T* g, const T* x, int64_t x_row_stride, int64_t x_col_stride,
+                                       const acc_of<T>* alpha, T* gx, acc_of<T>* contrib,
+                                       const ClassifierParams& cp, void* workspace, cudaStream_t stream) {
+  using A = acc_of<T>;
+  const TransformParams& p = cp.t;
+  if (p.rows == 0) return cudaSuccess;
+  const int L = ilog2(p.m);
+  if (L > kMaxLogM || (int64_t{1} << L) != p.m) return cudaErrorInvalidValue;
+  const int64_t n = p.out_features;
+  if (L <= max_single_pass_log2<T>()) {
+    return dispatch_log2<0, max_single_pass_log2<T>()>(L, [&](auto lc) {
+      constexpr int kL = decltype(lc)::value;
+      using Tile = RowTile<T, kL>;
+      ClassifierBackwardArgs<T> a{};
+      a.g = g;
+      a.g_row_stride = p.x_row_stride;
+      a.g_col_stride = p.x_col_stride;
+      a.x = x;
+      a.x_row_stride = x_row_stride;
+      a.x_col_stride = x_col_stride;
+      a.gx = gx;
+      a.contrib = contrib;
+      a.alpha = alpha;
+      a.rows = p.rows;
+      a.n = n;
+      a.c = p.in_features;
+      a.vec_g = can_vectorize<T>(g, p.x_row_stride, p.x_col_stride, p.in_features, Tile::KV);
+      a.vec_x = can_vectorize<T>(x, x_row_stride, x_col_stride, n, Tile::KV);
+      a.vec_gx = can_vectorize<T>(gx, n, 1, n, Tile::KV);
+      a.normalize = cp.normalize;
+      a.eps = static_cast<A>(cp.eps);
+      const bool strided = p.x_col_stride != 1 || x_col_stride != 1;
+      return strided ? launch_tile_kernel<Tile, true>(classifier_backward_kernel<T, kL, true>, a, p.rows, stream)
+                     : launch_tile_kernel<Tile, false>(classifier_backward_kernel<T, kL, false>, a, p.rows, stream);
+    });
+  }
+  // u = H_M[:, :C] @ g into ws (pass 1 and pass 2 in place), then the row epilogue.
+  A* ws = static_cast<A*>(workspace);
+  const int L1 = pass1_log2<T>(L);
+  cudaError_t err = launch_pass1<T>(g, p, L1, ws, nullptr, stream);
+  if (err != cudaSuccess) return err;
+  ColumnArgs<T, A> c{};
+  c.ws = ws;
+  c.out = ws;
+  c.rows = p.rows;
+  c.m1 = int64_t{1} << L1;
+  c.out_features = p.m;
+  c.out_row_stride = p.m;
+  c.scale = A(1);
+  err = launch_pass2<T, A, ColumnEpilogue::kScale>(c, L - L1, stream);
+  if (err != cudaSuccess) return err;
+  BackwardRowArgs<T> b{};
+  b.u = ws;
+  b.m = p.m;
+  b.x = x;
+  b.x_row_stride = x_row_stride;
+  b.x_col_stride = x_col_stride;
+  b.gx = gx;
+  b.contrib = contrib;
+  b.alpha = alpha;
+  b.rows = p.rows;
+  b.n = n;
+  b.normalize = cp.normalize;
+  b.eps = static_cast<A>(cp.eps);
+  classifier_backward_rows_kernel<T><<<grid_for(p.rows), kBackwardRowThreads, 0, stream>>>(b);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace hadamard_kernels

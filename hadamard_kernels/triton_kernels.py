@@ -1,0 +1,694 @@
+"""Triton kernels for the ``hadamard_kernels`` ops: the "triton" backend.
+
+Three custom ops, the Triton twins of the C++ ones in csrc/ops.cpp (same semantics,
+dtypes, argument checks and gradients):
+
+* ``hadamard_transform_triton(x, out_features, scale)``: ``scale * H_M[:out, :in] @ x``
+  over the last dim, M = next_pow2(max(in, out)); its backward is itself with in and out
+  swapped (H_M is symmetric).
+* ``classifier_forward_triton(x, scale, bias, num_classes, normalize, eps)``:
+  ``scale * H_M[:C, :N] @ (x / max(||x||, eps)) + bias``, one kernel.
+* ``classifier_backward_triton(grad_y, x, scale, normalize, eps)``: one kernel for
+  dL/dx and per-program partial sums of dL/dscale (summed in float64 afterwards, in a
+  fixed order: deterministic); dL/dbias is ``grad_y.sum(0)``.
+
+One program handles ROWS rows; the butterfly runs on t = next_pow2(min(in, out)) points
+held in registers (fp32, fp64 for fp64 input), the longer side being folded or repeated in
+chunks (see the comment above the kernels), so t is limited to 2^15
+(``MAX_TRITON_FEATURES``): ``fwht`` of n > 2^15 raises a ValueError pointing at
+backend="cuda" or "cpu". On CPU the kernels run in the Triton interpreter when
+TRITON_INTERPRET=1 was set before this module was imported (tests).
+
+``fwht_block`` is the butterfly itself, a ``@triton.jit`` device function meant to be
+called from user kernels too (see examples/triton_fused_rotation.py).
+"""
+
+import contextlib
+import functools
+import math
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from . import ops
+
+__all__ = ["MAX_TRITON_FEATURES", "block_config", "fwht_block"]
+
+#: Largest butterfly of the Triton kernels, next_pow2(min(in_features, out_features)) (for
+#: fwht: next_pow2(n)): one row of that many accumulators must fit in one program's registers.
+MAX_TRITON_FEATURES: int = 2**15
+
+# Smallest block width. H_{2M}[:M, :M] = H_M (Sylvester), so padding a row with zeros to a
+# wider power of two and keeping the first entries is exact; 16 keeps every tensor of the
+# butterfly at least 16 wide (no degenerate layouts for n = 1, 2, 4, 8) at a negligible cost.
+_MIN_BLOCK = 16
+
+
+# ---------------------------------------------------------------------------------------
+# The butterfly: a device function for this module's kernels and for users' own kernels.
+
+
+@triton.jit
+def fwht_block(x):
+    """Unnormalised Walsh-Hadamard transform of every row of a register block.
+
+    ``x``: a 2-D tensor ``[ROWS, M]`` (both powers of two, M >= 2; use ``x[None, :]`` for a
+    single vector). Returns ``x @ H_M`` (= ``H_M @ row`` for each row; H_M is the Sylvester
+    Hadamard matrix, ``scipy.linalg.hadamard(M)``, symmetric), same shape and dtype, with
+    log2(M) add/sub stages and no memory traffic. Compute in float32 (or float64): cast
+    fp16/bf16 blocks with ``x.to(tl.float32)`` first, since the values grow by up to
+    sqrt(M). Multiply by ``M ** -0.5`` for the orthonormal transform. For n entries not a
+    power of two, load them into a block of the next power of two with ``other=0.0``
+    (zero padding) and keep the first n outputs.
+
+    Usage in the body of your own ``@triton.jit`` kernel (a complete one, rotation then
+    int8 quantisation, is examples/triton_fused_rotation.py)::
+
+        x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)   # [ROWS, M]
+        y = fwht_block(x) * inv_sqrt_m    # rotated rows, still in registers
+        # ... quantise y, then tl.store
+
+    Stage s (h = 2^s) views each row as [M / 2h, 2, h] and maps the pair (a, b) on the
+    axis of size 2 to (a + b, a - b). The pair is moved last with ``tl.permute``, taken
+    apart with ``tl.split`` and put back with ``tl.join``: these ops and ``tl.reshape``
+    compile on NVIDIA GPUs with Triton 3.6+, every dimension stays a power of two, and
+    the layout conversions they imply go through a fraction of the block in shared memory
+    (M = 2^15 fp32 in 32 warps: 32 KB on sm_90, 64 KB on sm_80; compiled with Triton 3.6
+    and 3.9). Alternatives we compiled and rejected: the constant-geometry (Pease) form,
+    always splitting the last axis, stages the whole block in shared memory (128 KB at
+    M = 2^15 fp32, too much for fp64 or consumer GPUs); a masked sum over the axis of
+    size 2 needs ~3x the instructions and spills registers at M = 2^15.
+    """
+    ROWS: tl.constexpr = x.shape[0]
+    M: tl.constexpr = x.shape[1]
+    tl.static_assert(M >= 2 and (M & (M - 1)) == 0, "fwht_block: the row length must be a power of two >= 2")
+    tl.static_assert((ROWS & (ROWS - 1)) == 0, "fwht_block: the number of rows must be a power of two")
+    # Unrolled at compile time; stages with (1 << s) >= M are pruned. 2^20 bounds M far
+    # above what fits in registers.
+    for s in tl.static_range(0, 20):
+        if (1 << s) < M:
+            x = tl.reshape(x, (ROWS, M // (2 << s), 2, 1 << s))
+            x = tl.permute(x, (0, 1, 3, 2))
+            a, b = tl.split(x)
+            x = tl.join(a + b, a - b)
+            x = tl.permute(x, (0, 1, 3, 2))
+            x = tl.reshape(x, (ROWS, M))
+    return x
+
+
+# ---------------------------------------------------------------------------------------
+# Small device helpers.
+
+
+@triton.jit
+def _scalar(hi, lo, ACC: tl.constexpr):
+    """A host float passed as two fp32 numbers (see _split_scalar), in ACC precision."""
+    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
+
+
+@triton.jit
+def _sqrt(x):
+    # IEEE round-to-nearest, like std::sqrt in the C++ kernels (fp32 tl.sqrt is approximate).
+    if x.dtype == tl.float64:
+        return tl.sqrt(x)
+    else:
+        return tl.sqrt_rn(x)
+
+
+@triton.jit
+def _div(a, b):
+    # IEEE round-to-nearest division (fp32 "/" is approximate to 2 ulp).
+    if a.dtype == tl.float64:
+        return a / b
+    else:
+        return tl.div_rn(a, b)
+
+
+@triton.jit
+def _fold(tile, BLOCK_T: tl.constexpr):
+    """[ROWS, CHUNK] -> [ROWS, BLOCK_T]: the sum of the tile's CHUNK / BLOCK_T column blocks."""
+    ROWS: tl.constexpr = tile.shape[0]
+    CHUNK: tl.constexpr = tile.shape[1]
+    if CHUNK == BLOCK_T:
+        return tile
+    else:
+        return tl.sum(tl.reshape(tile, (ROWS, CHUNK // BLOCK_T, BLOCK_T)), axis=1)
+
+
+@triton.jit
+def _repeat(y, CHUNK: tl.constexpr):
+    """[ROWS, BLOCK_T] -> [ROWS, CHUNK]: y repeated CHUNK / BLOCK_T times along the columns."""
+    ROWS: tl.constexpr = y.shape[0]
+    BLOCK_T: tl.constexpr = y.shape[1]
+    if CHUNK == BLOCK_T:
+        return y
+    else:
+        return tl.reshape(tl.broadcast_to(y[:, None, :], (ROWS, CHUNK // BLOCK_T, BLOCK_T)), (ROWS, CHUNK))
+
+
+# ---------------------------------------------------------------------------------------
+# Kernels. Every program owns ROWS consecutive rows; row indices are int64.
+#
+# Only t = next_pow2(min(in, out)) points of H_M[:out, :in] @ x are ever needed
+# (csrc/ops.cpp): with H_M = H_{M/t} (x) H_t, an input longer than t is first folded onto
+# t points (the sum of its blocks of t), and when out > t the size-t result repeats with
+# period t over the outputs. The kernels fold the input in chunks of IN_CHUNK columns into
+# a [ROWS, BLOCK_T] block (BLOCK_T = max(16, t); any power of two between t and M works),
+# run the butterfly on it, and store it repeated in chunks of OUT_CHUNK columns; the plain
+# transform (in = out) is the case of a single chunk, and only t, not in or out, is bounded
+# by the registers. The classifier with C = 10, N = 512 reads x once and transforms 16 points.
+
+
+@triton.jit
+def _transform_kernel(
+    x_ptr,  # *T: input rows (rows, in_features), any strides
+    out_ptr,  # *T: output rows (rows, out_features)
+    scale_hi,  # fp32: scale = scale_hi + scale_lo (the low part matters for fp64 only)
+    scale_lo,  # fp32: low part of scale
+    rows,  # number of rows
+    in_features,  # entries read per row
+    out_features,  # entries written per row
+    x_row_stride,  # elements between consecutive input rows
+    x_col_stride,  # elements between consecutive entries of an input row
+    out_row_stride,  # elements between consecutive output rows (entries contiguous)
+    ACC: tl.constexpr,  # accumulator dtype: tl.float32, or tl.float64 for fp64 input
+    ROWS: tl.constexpr,  # rows per program (power of two)
+    BLOCK_T: tl.constexpr,  # butterfly size, >= next_pow2(min(in, out)) (power of two)
+    IN_CHUNK: tl.constexpr,  # input columns per load, a multiple of BLOCK_T
+    OUT_CHUNK: tl.constexpr,  # output columns per store, a multiple of BLOCK_T
+):
+    r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_ok = (r < rows)[:, None]
+    x_rows = x_ptr + r[:, None] * x_row_stride
+    acc = tl.zeros((ROWS, BLOCK_T), ACC)
+    for k in range(0, in_features, IN_CHUNK):
+        c = k + tl.arange(0, IN_CHUNK).to(tl.int64)
+        mask = row_ok & (c < in_features)[None, :]
+        acc += _fold(tl.load(x_rows + c[None, :] * x_col_stride, mask=mask, other=0.0).to(ACC), BLOCK_T)
+    y = _repeat(fwht_block(acc) * _scalar(scale_hi, scale_lo, ACC), OUT_CHUNK).to(out_ptr.dtype.element_ty)
+    out_rows = out_ptr + r[:, None] * out_row_stride
+    for k in range(0, out_features, OUT_CHUNK):
+        c = k + tl.arange(0, OUT_CHUNK).to(tl.int64)
+        tl.store(out_rows + c[None, :], y, mask=row_ok & (c < out_features)[None, :])
+
+
+@triton.jit
+def _classifier_forward_kernel(
+    x_ptr,  # *T: features (rows, N), any strides
+    scale_ptr,  # *float: alpha, one element (read on device: no host sync)
+    bias_ptr,  # *T: bias (C,), or any pointer when HAS_BIAS is false
+    y_ptr,  # *T: logits (rows, C)
+    eps_hi,  # fp32: eps = eps_hi + eps_lo, lower bound of the norm
+    eps_lo,  # fp32: low part of eps
+    rows,  # number of rows
+    in_features,  # N
+    num_classes,  # C
+    x_row_stride,  # elements between consecutive rows of x
+    x_col_stride,  # elements between consecutive features of a row of x
+    bias_stride,  # elements between consecutive bias entries
+    y_row_stride,  # elements between consecutive rows of y (entries contiguous)
+    NORMALIZE: tl.constexpr,  # divide each row by max(||x||, eps) first
+    HAS_BIAS: tl.constexpr,  # add bias
+    ACC: tl.constexpr,  # accumulator dtype: tl.float32, or tl.float64 for fp64 input
+    ROWS: tl.constexpr,  # rows per program (power of two)
+    BLOCK_T: tl.constexpr,  # butterfly size, >= next_pow2(min(N, C)) (power of two)
+    IN_CHUNK: tl.constexpr,  # columns of x per load, a multiple of BLOCK_T
+    OUT_CHUNK: tl.constexpr,  # columns of y per store, a multiple of BLOCK_T
+):
+    r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_ok = (r < rows)[:, None]
+    x_rows = x_ptr + r[:, None] * x_row_stride
+    acc = tl.zeros((ROWS, BLOCK_T), ACC)
+    sumsq = tl.zeros((ROWS,), ACC)
+    for k in range(0, in_features, IN_CHUNK):
+        c = k + tl.arange(0, IN_CHUNK).to(tl.int64)
+        mask = row_ok & (c < in_features)[None, :]
+        x = tl.load(x_rows + c[None, :] * x_col_stride, mask=mask, other=0.0).to(ACC)
+        if NORMALIZE:
+            sumsq += tl.sum(x * x, axis=1)
+        acc += _fold(x, BLOCK_T)
+    alpha = tl.load(scale_ptr).to(ACC)
+    if NORMALIZE:
+        norm = tl.maximum(_sqrt(sumsq), _scalar(eps_hi, eps_lo, ACC))
+        a = _div(tl.full([ROWS], 1.0, ACC), norm) * alpha  # alpha / max(||x||, eps)
+        t = a[:, None] * fwht_block(acc)
+    else:
+        t = alpha * fwht_block(acc)
+    t = _repeat(t, OUT_CHUNK)  # logits of classes k .. k + OUT_CHUNK, before the bias
+    y_rows = y_ptr + r[:, None] * y_row_stride
+    for k in range(0, num_classes, OUT_CHUNK):
+        c = k + tl.arange(0, OUT_CHUNK).to(tl.int64)
+        col_ok = c < num_classes
+        y = t
+        if HAS_BIAS:
+            y = y + tl.load(bias_ptr + c * bias_stride, mask=col_ok, other=0.0).to(ACC)[None, :]
+        tl.store(y_rows + c[None, :], y.to(y_ptr.dtype.element_ty), mask=row_ok & col_ok[None, :])
+
+
+@triton.jit
+def _classifier_backward_kernel(
+    g_ptr,  # *T: dL/dy (rows, C), any strides
+    x_ptr,  # *T: features (rows, N), any strides
+    scale_ptr,  # *float: alpha, one element
+    gx_ptr,  # *T: dL/dx (rows, N)
+    partial_ptr,  # *ACC: one partial sum of dL/dalpha per program
+    eps_hi,  # fp32: eps = eps_hi + eps_lo
+    eps_lo,  # fp32: low part of eps
+    rows,  # number of rows
+    in_features,  # N
+    num_classes,  # C
+    g_row_stride,  # elements between consecutive rows of grad_y
+    g_col_stride,  # elements between consecutive entries of a row of grad_y
+    x_row_stride,  # elements between consecutive rows of x
+    x_col_stride,  # elements between consecutive features of a row of x
+    gx_row_stride,  # elements between consecutive rows of dL/dx (entries contiguous)
+    NORMALIZE: tl.constexpr,  # the forward normalised x
+    ACC: tl.constexpr,  # accumulator dtype: tl.float32, or tl.float64 for fp64 input
+    ROWS: tl.constexpr,  # rows per program (power of two)
+    BLOCK_T: tl.constexpr,  # butterfly size, >= next_pow2(min(N, C)) (power of two)
+    G_CHUNK: tl.constexpr,  # columns of grad_y per load, a multiple of BLOCK_T
+    X_CHUNK: tl.constexpr,  # columns of x and dL/dx per load/store, a multiple of BLOCK_T
+):
+    # Formulas of csrc/hadamard.h: u = H_M[:N, :C] @ g (the adjoint, H symmetric),
+    # dL/dalpha = sum_r u . x_hat, dL/dx_hat = alpha * u,
+    # dL/dx = alpha / ||x|| * (u - x (u . x) / ||x||^2) where ||x|| >= eps, alpha / eps * u
+    # where the norm is clamped, alpha * u without normalisation.
+    pid = tl.program_id(0)
+    r = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_ok = (r < rows)[:, None]
+    g_rows = g_ptr + r[:, None] * g_row_stride
+    acc = tl.zeros((ROWS, BLOCK_T), ACC)
+    for k in range(0, num_classes, G_CHUNK):
+        c = k + tl.arange(0, G_CHUNK).to(tl.int64)
+        mask = row_ok & (c < num_classes)[None, :]
+        acc += _fold(tl.load(g_rows + c[None, :] * g_col_stride, mask=mask, other=0.0).to(ACC), BLOCK_T)
+    u = _repeat(fwht_block(acc), X_CHUNK)  # u over any X_CHUNK columns (period BLOCK_T)
+    alpha = tl.load(scale_ptr).to(ACC)
+    x_rows = x_ptr + r[:, None] * x_row_stride
+    ux = tl.zeros((ROWS,), ACC)
+    sumsq = tl.zeros((ROWS,), ACC)
+    for k in range(0, in_features, X_CHUNK):
+        c = k + tl.arange(0, X_CHUNK).to(tl.int64)
+        x = tl.load(x_rows + c[None, :] * x_col_stride, mask=row_ok & (c < in_features)[None, :], other=0.0)
+        x = x.to(ACC)
+        ux += tl.sum(u * x, axis=1)  # x is zero beyond N
+        if NORMALIZE:
+            sumsq += tl.sum(x * x, axis=1)
+    if NORMALIZE:
+        eps = _scalar(eps_hi, eps_lo, ACC)
+        norm = _sqrt(sumsq)
+        full = norm >= eps  # else the norm was clamped to eps: x_hat = x / eps, linear in x
+        denom = tl.where(full, norm, eps)
+        a = _div(alpha, denom)
+        b = tl.where(full, _div(ux, tl.where(full, norm * norm, 1.0)), 0.0)  # no 0/0 in padding rows
+        d_alpha = _div(ux, denom)
+    else:
+        d_alpha = ux
+    gx_rows = gx_ptr + r[:, None] * gx_row_stride
+    for k in range(0, in_features, X_CHUNK):  # second pass over x (one chunk: cache hits)
+        c = k + tl.arange(0, X_CHUNK).to(tl.int64)
+        mask = row_ok & (c < in_features)[None, :]
+        if NORMALIZE:
+            x = tl.load(x_rows + c[None, :] * x_col_stride, mask=mask, other=0.0).to(ACC)
+            gx = a[:, None] * (u - x * b[:, None])
+        else:
+            gx = alpha * u
+        tl.store(gx_rows + c[None, :], gx.to(gx_ptr.dtype.element_ty), mask=mask)
+    tl.store(partial_ptr + pid, tl.sum(d_alpha, axis=0))
+
+
+# ---------------------------------------------------------------------------------------
+# Launch configuration.
+
+
+@functools.lru_cache(maxsize=None)
+def block_config(
+    in_features: int, out_features: int, dtype: torch.dtype, live_blocks: int = 1
+) -> tuple[int, int, int, int, int]:
+    """``(BLOCK_T, IN_CHUNK, OUT_CHUNK, ROWS, num_warps)`` for ``H_M[:out, :in] @ x``.
+
+    BLOCK_T = max(16, next_pow2(min(in, out))) is the butterfly size; a program handles
+    ROWS rows, loading IN_CHUNK and storing OUT_CHUNK columns at a time (multiples of
+    BLOCK_T, at most next_pow2 of the size they cover). ``live_blocks`` counts the
+    ROWS x chunk blocks a kernel holds in registers at once (1 for the transform, 2 for
+    the classifier kernels). With L = max(16, next_pow2(max(in, out))) and a budget of
+    B = 4096 // live_blocks accumulators per program (2048 // live_blocks for float64),
+    about 32 fp32 or 16 fp64 values per thread:
+
+    =================  ===========================  =========  ==========================
+    case               chunk                        ROWS       num_warps
+    =================  ===========================  =========  ==========================
+    BLOCK_T <= B       min(L, B) (>= BLOCK_T)       B // chunk 4
+    BLOCK_T > B        BLOCK_T                      1          min(32, 4 * BLOCK_T // B)
+    =================  ===========================  =========  ==========================
+
+    e.g. the fp32 transform of n = 16 runs 256 rows per program, n = 256 16 rows, n = 4096
+    one row in 4 warps, n = 2^15 one row in 32 warps; the classifier with N = 512, C = 10
+    folds (4, 512) chunks onto a 16-point butterfly. Checked by compiling every entry for
+    sm_80 and sm_90 with Triton 3.6 and 3.9 and reading ``ptxas -v``: 16-byte vector
+    accesses, no register spills beyond a few bytes, except where one program must hold
+    more than the register file (BLOCK_T = 2^15 in the classifier kernels and in fp64,
+    2^14 in the fp64 classifier kernels): those run correctly but slower. Not tuned by
+    measurement (no GPU was at hand).
+    """
+    block_t = max(_MIN_BLOCK, ops.reference.next_pow2(min(in_features, out_features)))
+    big = max(_MIN_BLOCK, ops.reference.next_pow2(max(in_features, out_features)))
+    budget = (2048 if dtype == torch.float64 else 4096) // live_blocks
+    chunk = max(block_t, min(big, budget))
+    rows = max(1, budget // chunk)
+    warps = 4 if chunk <= budget else min(32, 4 * chunk // budget)
+
+    def fit(n: int) -> int:
+        return max(block_t, min(ops.reference.next_pow2(n), chunk))
+
+    return block_t, fit(in_features), fit(out_features), rows, warps
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _split_scalar(value: float, dtype: torch.dtype, what: str, op: str) -> tuple[float, float]:
+    """``value`` as (hi, lo) float32 numbers with hi + lo == value to 2^-48 relative.
+
+    Triton passes Python floats to kernels as fp32 (and its interpreter ignores fp64
+    annotations), so a float64 scalar is split in two fp32 halves and rebuilt in the
+    kernel; for fp32/fp16/bf16 input lo = 0 and hi = float32(value), the C++ kernels'
+    static_cast<float>.
+    """
+    with np.errstate(over="ignore", under="ignore"):
+        hi = np.float32(value)
+        if dtype != torch.float64 or not math.isfinite(value):
+            return float(hi), 0.0
+        lo = np.float32(value - float(hi))
+    rebuilt = float(hi) + float(lo)
+    if value != 0 and not (math.isfinite(rebuilt) and abs(rebuilt - value) <= 2.0**-46 * abs(value)):
+        raise ValueError(
+            f"{op}: {what}={value!r} cannot be passed to a float64 Triton kernel (the "
+            f"Triton backend carries float64 scalars as two float32 numbers, magnitude "
+            f"about 1e-30 to 3e38); use backend='cuda' or backend='cpu'"
+        )
+    return float(hi), float(lo)
+
+
+def _check_triton_size(in_features: int, out_features: int, op: str) -> None:
+    """The butterfly runs on next_pow2(min(in, out)) <= 2^15 points held in registers; the
+    longer side is folded or repeated in chunks, up to ops.MAX_FEATURES like the C++ ops."""
+    torch._check_value(
+        min(in_features, out_features) <= MAX_TRITON_FEATURES,
+        lambda: (
+            f"{op}: transform size next_pow2(min({in_features}, {out_features})) = "
+            f"{ops.reference.next_pow2(min(in_features, out_features))} exceeds "
+            f"{MAX_TRITON_FEATURES} (2^15), the largest the Triton kernels transform in one "
+            f"pass; use backend='cuda' or backend='cpu' (up to 2^20)"
+        ),
+    )
+    torch._check_value(
+        max(in_features, out_features) <= ops.MAX_FEATURES,
+        lambda: (
+            f"{op}: transform size next_pow2(max({in_features}, {out_features})) = "
+            f"{ops.reference.next_pow2(max(in_features, out_features))} exceeds the "
+            f"supported maximum {ops.MAX_FEATURES} (2^20)"
+        ),
+    )
+
+
+# Whether this module's kernels were built for the Triton interpreter (TRITON_INTERPRET=1
+# when it was imported).
+_INTERPRETED: bool = type(_transform_kernel).__name__ == "InterpretedFunction"
+
+
+def _check_device(x: torch.Tensor, op: str) -> None:
+    if x.device.type == "cpu" and not _INTERPRETED:
+        raise RuntimeError(
+            f"{op}: x is on the CPU but Triton compiles for GPUs only; set TRITON_INTERPRET=1 "
+            f"before importing hadamard_kernels to run the Triton interpreter, or use backend='cpu'"
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_works(index: Optional[int]) -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index)
+        return triton.runtime.driver.active.get_current_target().backend in ("cuda", "hip")
+    except Exception:  # no usable driver, bad index: the backend is just not available
+        return False
+
+
+# Run eagerly and taken as a constant by torch.compile (driver queries do not trace).
+@torch.compiler.assume_constant_result
+def _backend_available(device: torch.device) -> bool:
+    """Whether the "triton" backend runs on ``device`` (registered with ops.register_backend):
+    CUDA (or ROCm) GPUs that Triton can drive, and the CPU under the Triton interpreter."""
+    if device.type == "cuda":
+        return _cuda_works(device.index)
+    if device.type == "cpu":
+        return os.environ.get("TRITON_INTERPRET") == "1" and _INTERPRETED
+    return False
+
+
+def _device_guard(x: torch.Tensor):
+    """Make x's GPU current: Triton launches on the current device."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(rows, n) view of x (a copy only where no view exists, like csrc/checks.h)."""
+    rows = math.prod(x.shape[:-1])
+    if x.shape[-1] == 0:
+        return x.new_zeros((rows, 0)), rows
+    return x.reshape(rows, x.shape[-1]), rows
+
+
+# ---------------------------------------------------------------------------------------
+# Argument checks shared by the real and the fake kernels (csrc/checks.h in Python).
+
+
+def _check_float(x: torch.Tensor, op: str, name: str) -> None:
+    torch._check_type(
+        x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+        lambda: f"{op}: {name} must be float32, float64, float16 or bfloat16, got {x.dtype}",
+    )
+    torch._check_value(
+        x.dim() >= 1, lambda: f"{op}: {name} must have at least 1 dimension, got a 0-d tensor"
+    )
+
+
+def _check_classifier(x: torch.Tensor, scale: torch.Tensor, num_classes: int, eps: float, op: str) -> None:
+    _check_float(x, op, "x")
+    torch._check_value(num_classes >= 1, lambda: f"{op}: num_classes must be >= 1, got {num_classes}")
+    torch._check_value(
+        x.shape[-1] >= 1, lambda: f"{op}: x must have at least one feature, got {tuple(x.shape)}"
+    )
+    torch._check_value(eps > 0, lambda: f"{op}: eps must be > 0, got {eps}")
+    _check_triton_size(x.shape[-1], num_classes, op)
+    torch._check_value(
+        scale.numel() == 1, lambda: f"{op}: scale must have one element, got {tuple(scale.shape)}"
+    )
+    torch._check_type(
+        scale.dtype.is_floating_point, lambda: f"{op}: scale must be floating, got {scale.dtype}"
+    )
+    torch._check_value(
+        scale.device == x.device, lambda: f"{op}: scale is on {scale.device} but x is on {x.device}"
+    )
+
+
+def _check_bias(bias: torch.Tensor, x: torch.Tensor, num_classes: int, op: str) -> None:
+    torch._check_value(
+        bias.dim() == 1 and bias.shape[0] == num_classes,
+        lambda: f"{op}: bias must have shape (num_classes,) = ({num_classes},), got {tuple(bias.shape)}",
+    )
+    torch._check_type(
+        bias.dtype == x.dtype, lambda: f"{op}: bias dtype {bias.dtype} differs from x dtype {x.dtype}"
+    )
+    torch._check_value(
+        bias.device == x.device, lambda: f"{op}: bias is on {bias.device} but x is on {x.device}"
+    )
+
+
+def _check_grad(grad_y: torch.Tensor, x: torch.Tensor, op: str) -> None:
+    torch._check_value(
+        grad_y.shape[:-1] == x.shape[:-1],
+        lambda: f"{op}: grad_y shape {tuple(grad_y.shape)} does not match x shape {tuple(x.shape)}",
+    )
+    torch._check_type(
+        grad_y.dtype == x.dtype, lambda: f"{op}: grad_y dtype {grad_y.dtype} differs from x dtype {x.dtype}"
+    )
+    torch._check_value(
+        grad_y.device == x.device, lambda: f"{op}: grad_y is on {grad_y.device} but x is on {x.device}"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Custom ops.
+
+_TRANSFORM = "hadamard_kernels::hadamard_transform_triton"
+_FORWARD = "hadamard_kernels::classifier_forward_triton"
+_BACKWARD = "hadamard_kernels::classifier_backward_triton"
+
+
+@torch.library.custom_op(_TRANSFORM, mutates_args=())
+def hadamard_transform_triton(x: torch.Tensor, out_features: int, scale: float) -> torch.Tensor:
+    """``scale * H_M[:out_features, :n] @ x`` over the last dim (Triton kernel)."""
+    op = _TRANSFORM
+    _check_float(x, op, "x")
+    torch._check_value(out_features >= 0, lambda: f"{op}: out_features must be >= 0, got {out_features}")
+    n = x.shape[-1]
+    _check_triton_size(n, out_features, op)
+    _check_device(x, op)
+    out = x.new_empty((*x.shape[:-1], out_features))
+    if out.numel() == 0:
+        return out
+    if n == 0:
+        return out.zero_()  # H_M @ (all-zero padding)
+    rows_view, rows = _rows(x)
+    block_t, in_chunk, out_chunk, per_program, warps = block_config(n, out_features, x.dtype)
+    hi, lo = _split_scalar(scale, x.dtype, "scale", op)
+    with _device_guard(x):
+        _transform_kernel[(triton.cdiv(rows, per_program),)](
+            rows_view, out, hi, lo, rows, n, out_features,
+            rows_view.stride(0), rows_view.stride(1), out_features,
+            ACC=_acc(x.dtype), ROWS=per_program, BLOCK_T=block_t, IN_CHUNK=in_chunk,
+            OUT_CHUNK=out_chunk, num_warps=warps,
+        )  # fmt: skip
+    return out
+
+
+@hadamard_transform_triton.register_fake
+def _(x: torch.Tensor, out_features: int, scale: float) -> torch.Tensor:
+    _check_float(x, _TRANSFORM, "x")
+    torch._check_value(out_features >= 0, lambda: f"{_TRANSFORM}: out_features must be >= 0")
+    _check_triton_size(x.shape[-1], out_features, _TRANSFORM)
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+# y = s * H_M[:out, :in] x  =>  dL/dx = s * H_M[:out, :in]^T g = s * H_M[:in, :out] g, as
+# H_M is symmetric: the same op with in and out swapped (so higher orders work too).
+def _transform_setup_context(ctx, inputs, output) -> None:
+    x, _, scale = inputs
+    ctx.in_features = x.shape[-1]
+    ctx.scale = scale
+
+
+def _transform_backward(ctx, grad: torch.Tensor):
+    return hadamard_transform_triton(grad, ctx.in_features, ctx.scale), None, None
+
+
+hadamard_transform_triton.register_autograd(_transform_backward, setup_context=_transform_setup_context)
+
+
+@torch.library.custom_op(_FORWARD, mutates_args=())
+def classifier_forward_triton(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    num_classes: int,
+    normalize: bool,
+    eps: float,
+) -> torch.Tensor:
+    """``scale * H_M[:C, :N] @ (x / max(||x||, eps)) + bias`` (Triton kernel)."""
+    op = _FORWARD
+    _check_classifier(x, scale, num_classes, eps, op)
+    if bias is not None:
+        _check_bias(bias, x, num_classes, op)
+    _check_device(x, op)
+    y = x.new_empty((*x.shape[:-1], num_classes))
+    if y.numel() == 0:
+        return y
+    rows_view, rows = _rows(x)
+    n = x.shape[-1]
+    block_t, in_chunk, out_chunk, per_program, warps = block_config(n, num_classes, x.dtype, 2)
+    eps_hi, eps_lo = _split_scalar(eps, x.dtype, "eps", op)
+    with _device_guard(x):
+        _classifier_forward_kernel[(triton.cdiv(rows, per_program),)](
+            rows_view, scale, x if bias is None else bias, y, eps_hi, eps_lo,
+            rows, n, num_classes, rows_view.stride(0), rows_view.stride(1),
+            0 if bias is None else bias.stride(0), num_classes,
+            NORMALIZE=normalize, HAS_BIAS=bias is not None, ACC=_acc(x.dtype),
+            ROWS=per_program, BLOCK_T=block_t, IN_CHUNK=in_chunk, OUT_CHUNK=out_chunk,
+            num_warps=warps,
+        )  # fmt: skip
+    return y
+
+
+@classifier_forward_triton.register_fake
+def _(x, scale, bias, num_classes, normalize, eps):
+    _check_classifier(x, scale, num_classes, eps, _FORWARD)
+    if bias is not None:
+        _check_bias(bias, x, num_classes, _FORWARD)
+    return x.new_empty((*x.shape[:-1], num_classes))
+
+
+@torch.library.custom_op(_BACKWARD, mutates_args=())
+def classifier_backward_triton(
+    grad_y: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, normalize: bool, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dL/dx, dL/dscale, dL/dbias)`` of classifier_forward_triton (Triton kernel);
+    dL/dbias in float32 (float64 for float64 input), the caller casts it."""
+    op = _BACKWARD
+    num_classes = grad_y.shape[-1]
+    _check_classifier(x, scale, num_classes, eps, op)
+    _check_grad(grad_y, x, op)
+    _check_device(x, op)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    g_rows, rows = _rows(grad_y)
+    grad_bias = g_rows.sum(0, dtype=acc)
+    if rows == 0:
+        return grad_x, torch.zeros_like(scale), grad_bias
+    x_rows, _ = _rows(x)
+    n = x.shape[-1]
+    # The adjoint: H_M[:N, :C] @ g, in = C, out = N.
+    block_t, g_chunk, x_chunk, per_program, warps = block_config(num_classes, n, x.dtype, 2)
+    programs = triton.cdiv(rows, per_program)
+    partial = torch.empty(programs, dtype=acc, device=x.device)
+    eps_hi, eps_lo = _split_scalar(eps, x.dtype, "eps", op)
+    with _device_guard(x):
+        _classifier_backward_kernel[(programs,)](
+            g_rows, x_rows, scale, grad_x, partial, eps_hi, eps_lo, rows, n, num_classes,
+            g_rows.stride(0), g_rows.stride(1), x_rows.stride(0), x_rows.stride(1), n,
+            NORMALIZE=normalize, ACC=_acc(x.dtype), ROWS=per_program, BLOCK_T=block_t,
+            G_CHUNK=g_chunk, X_CHUNK=x_chunk, num_warps=warps,
+        )  # fmt: skip
+    # Fixed-order float64 sum of the per-program partials: deterministic, like the C++ op.
+    grad_scale = partial.sum(dtype=torch.float64).to(scale.dtype).reshape(scale.shape)
+    return grad_x, grad_scale, grad_bias
+
+
+@classifier_backward_triton.register_fake
+def _(grad_y, x, scale, normalize, eps):
+    _check_classifier(x, scale, grad_y.shape[-1], eps, _BACKWARD)
+    _check_grad(grad_y, x, _BACKWARD)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        torch.empty_like(scale),
+        grad_y.new_empty((grad_y.shape[-1],), dtype=acc),
+    )
+
+
+def _classifier_setup_context(ctx, inputs, output) -> None:
+    x, scale, bias, _, normalize, eps = inputs
+    ctx.save_for_backward(x, scale)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.normalize = normalize
+    ctx.eps = eps
+
+
+def _classifier_backward(ctx, grad: torch.Tensor):
+    x, scale = ctx.saved_tensors
+    grad_x, grad_scale, grad_bias = classifier_backward_triton(grad, x, scale, ctx.normalize, ctx.eps)
+    grad_bias = None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype)
+    return grad_x, grad_scale, grad_bias, None, None, None
+
+
+classifier_forward_triton.register_autograd(_classifier_backward, setup_context=_classifier_setup_context)
+
+
+ops.register_backend("triton", _backend_available)

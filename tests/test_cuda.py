@@ -1,0 +1,314 @@
+"""The CUDA kernels (csrc/cuda/): fwht / hadamard_transform and the fused classifier forward
+and backward on a GPU, against the float64 reference. Every test is marked ``cuda`` and is
+skipped without a GPU (conftest.py)."""
+
+import pytest
+import torch
+from conftest import DTYPES, LAYOUTS, RTOL, dtype_id, make_input, rel_err
+
+import hadamard_kernels as hk
+from hadamard_kernels import reference as R
+
+pytestmark = pytest.mark.cuda
+
+ops = torch.ops.hadamard_kernels
+DEV = "cuda"
+
+# Every power of two up to 2^20: one pass up to 2^15 (2^14 in float64), two passes above.
+POW2 = [2**k for k in range(21)]
+NON_POW2 = [3, 5, 17, 100, 1000, 5000, 20000, 2**15 + 1, 2**20 - 3]
+SIZES = sorted(POW2 + NON_POW2)
+ROWS = [1, 3, 65537]
+
+# (N, C) of the classifier: C < N, C = N, C > N, non-powers of two, one and two passes.
+CASES = [
+    (1, 1), (3, 1000), (8, 10), (16, 16), (17, 5), (100, 100), (512, 1000), (1000, 10),
+    (2048, 4096), (4096, 4096), (32768, 10), (10, 32768), (5000, 40000), (65536, 100),
+]  # fmt: skip
+
+
+def nc_id(case) -> str:
+    return f"N{case[0]}-C{case[1]}"
+
+
+def rows_for(n: int, rows: int) -> int:
+    """Keep every case under ~64M entries."""
+    return max(1, min(rows, (1 << 26) // max(n, 1)))
+
+
+def poison_allocator(nbytes: int) -> None:
+    """Leave NaN in the caching allocator's free blocks, so that outputs allocated next
+    (at::empty inside the ops) start out as NaN: an entry the kernel fails to write shows."""
+    blocks = [torch.full((max(nbytes, 512) // 4 + 1024,), float("nan"), device=DEV) for _ in range(4)]
+    del blocks
+
+
+def scale_for(dtype: torch.dtype, value: float = 0.7) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=DEV)
+
+
+# ---------------------------------------------------------------------------------------
+# fwht / hadamard_transform
+
+
+def test_cuda_backend_is_available_and_auto():
+    assert hk.available_backends(DEV)[0] == "cuda"
+    x = torch.randn(3, 64, device=DEV)
+    assert torch.equal(hk.fwht(x), hk.fwht(x, backend="cuda"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("n", SIZES, ids=lambda n: f"n{n}")
+@pytest.mark.parametrize("rows", ROWS, ids=lambda r: f"rows{r}")
+def test_fwht_matches_reference(rows, n, dtype):
+    rows = rows_for(n, rows)
+    x = torch.randn(rows, n, dtype=dtype, device=DEV)
+    x0 = x.clone()
+    poison_allocator(x.numel() * x.element_size())
+    out = hk.fwht(x, 0.25, backend="cuda")
+    assert out.shape == x.shape and out.dtype == dtype and out.is_contiguous()
+    assert torch.equal(x, x0)
+    assert not out.isnan().any()
+    assert rel_err(out, R.fwht_reference(x.double(), 0.25)) <= RTOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("n", [1, 8, 100, 1024, 4096, 32768, 2**17], ids=lambda n: f"n{n}")
+def test_fwht_layouts(layout, n, dtype):
+    x = make_input((3, 5, n), dtype, layout, DEV)
+    out = hk.fwht(x, backend="cuda")
+    assert out.is_contiguous()
+    assert rel_err(out, R.fwht_reference(x.double())) <= RTOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize(
+    "n,out", [(3, 8), (8, 3), (100, 1000), (1000, 100), (5, 32768), (32768, 5), (70000, 10), (10, 70000)]
+)
+def test_transform_op_in_out(n, out, dtype):
+    x = make_input((7, n), dtype, "sliced", DEV)
+    poison_allocator(7 * out * x.element_size())
+    y = ops.hadamard_transform(x, out, 0.5)
+    assert y.shape == (7, out) and not y.isnan().any()
+    assert rel_err(y, R.hadamard_transform_reference(x.double(), out, 0.5)) <= RTOL[dtype]
+
+
+def test_transform_edge_shapes():
+    assert ops.hadamard_transform(torch.randn(0, 16, device=DEV), 16, 1.0).shape == (0, 16)
+    assert ops.hadamard_transform(torch.randn(4, 16, device=DEV), 0, 1.0).shape == (4, 0)
+    assert torch.equal(ops.hadamard_transform(torch.randn(3, 0, device=DEV), 4, 1.0), torch.zeros(3, 4, device=DEV))
+
+
+@pytest.mark.parametrize("n", [256, 32768, 2**20], ids=lambda n: f"n{n}")
+def test_fwht_properties(n):
+    x = torch.randn(2, n, device=DEV, dtype=torch.float64)
+    y = hk.fwht(x, n**-0.5, backend="cuda")
+    assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), rtol=1e-12)
+    assert torch.allclose(hk.fwht(y, n**-0.5, backend="cuda"), x, rtol=1e-10, atol=1e-12)
+    assert torch.equal(y, hk.fwht(x, n**-0.5, backend="cuda"))  # two runs identical
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("n", [7, 512, 20000], ids=lambda n: f"n{n}")
+def test_fwht_agrees_with_cpu(n, dtype):
+    x = torch.randn(5, n, dtype=dtype)
+    cpu = hk.fwht(x, 0.3, backend="cpu")
+    gpu = hk.fwht(x.to(DEV), 0.3, backend="cuda").cpu()
+    assert rel_err(gpu, cpu) <= 2 * RTOL[dtype]
+
+
+def test_fwht_other_stream_and_device_guard():
+    x = torch.randn(64, 1024, device=DEV)
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        y = hk.fwht(x, backend="cuda")
+    s.synchronize()
+    assert rel_err(y, R.fwht_reference(x.double())) <= RTOL[torch.float32]
+
+
+# ---------------------------------------------------------------------------------------
+# classifier forward
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("case", CASES, ids=nc_id)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("normalize", [True, False], ids=["norm", "raw"])
+def test_classifier_matches_reference(normalize, bias, case, dtype):
+    n, c = case
+    rows = rows_for(max(n, c), 37)
+    x = torch.randn(rows, n, dtype=dtype, device=DEV)
+    scale = scale_for(dtype)
+    b = torch.randn(c, dtype=dtype, device=DEV) if bias else None
+    poison_allocator(rows * c * x.element_size())
+    y = hk.hadamard_classifier(x, c, scale, b, normalize=normalize, backend="cuda")
+    assert y.shape == (rows, c) and y.dtype == dtype and not y.isnan().any()
+    ref = R.hadamard_classifier_reference(
+        x.double(), c, scale.double(), None if b is None else b.double(), normalize=normalize
+    )
+    assert rel_err(y, ref) <= RTOL[dtype]
+
+
+@pytest.mark.parametrize("rows", ROWS, ids=lambda r: f"rows{r}")
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [(8, 10), (512, 1000), (2048, 100)], ids=nc_id)
+def test_classifier_layouts_and_rows(case, layout, rows):
+    n, c = case
+    x = make_input((rows, n), torch.float32, layout, DEV)
+    scale = torch.tensor([0.5], device=DEV, dtype=torch.float16)  # 1-element, other dtype
+    b = torch.randn(c, device=DEV)
+    y = hk.hadamard_classifier(x, c, scale, b, backend="cuda")
+    ref = R.hadamard_classifier_reference(x.double(), c, scale.double(), b.double())
+    assert rel_err(y, ref) <= RTOL[torch.float32]
+
+
+def test_classifier_clamped_norm_and_empty():
+    x = torch.zeros(4, 16, device=DEV)
+    x[1] = 1e-20
+    y = hk.hadamard_classifier(x, 10, torch.tensor(2.0, device=DEV), backend="cuda")
+    ref = R.hadamard_classifier_reference(x.double(), 10, 2.0)
+    assert torch.allclose(y.double(), ref)
+    assert hk.hadamard_classifier(torch.randn(0, 16, device=DEV), 10, 1.0, backend="cuda").shape == (0, 10)
+
+
+def test_classifier_scale_read_on_device_without_sync():
+    """The scale is read by the kernel (no .item()): a captured CUDA graph replays with a new
+    scale value."""
+    x = torch.randn(8, 256, device=DEV)
+    scale = torch.tensor(1.0, device=DEV)
+    hk.hadamard_classifier(x, 100, scale, backend="cuda")  # warm-up outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = hk.hadamard_classifier(x, 100, scale, backend="cuda")
+    scale.fill_(3.0)
+    g.replay()
+    ref = R.hadamard_classifier_reference(x.double(), 100, 3.0)
+    assert rel_err(y, ref) <= RTOL[torch.float32]
+
+
+# ---------------------------------------------------------------------------------------
+# Gradients
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("n", [1, 5, 256, 32768, 2**17], ids=lambda n: f"n{n}")
+def test_fwht_grad_matches_reference(n, dtype):
+    x = torch.randn(3, n, dtype=dtype, device=DEV, requires_grad=True)
+    g = torch.randn(3, n, dtype=dtype, device=DEV)
+    (gx,) = torch.autograd.grad(hk.fwht(x, 0.5, backend="cuda"), x, g)
+    xr = x.detach().double().requires_grad_()
+    (ref,) = torch.autograd.grad(R.fwht_reference(xr, 0.5), xr, g.double())
+    assert rel_err(gx, ref) <= RTOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("case", CASES, ids=nc_id)
+@pytest.mark.parametrize("normalize", [True, False], ids=["norm", "raw"])
+def test_classifier_grad_matches_reference(normalize, case, dtype):
+    n, c = case
+    rows = rows_for(max(n, c), 9)
+    x = make_input((rows, n), dtype, "sliced", DEV).requires_grad_()
+    scale = scale_for(dtype).requires_grad_()
+    b = torch.randn(c, dtype=dtype, device=DEV, requires_grad=True)
+    g = torch.randn(rows, c, dtype=dtype, device=DEV)
+    poison_allocator(rows * max(n, c) * 8)
+    y = hk.hadamard_classifier(x, c, scale, b, normalize=normalize, backend="cuda")
+    grads = torch.autograd.grad(y, (x, scale, b), g)
+    leaves = [t.detach().double().requires_grad_() for t in (x, scale, b)]
+    ref_y = R.hadamard_classifier_reference(*leaves[:1], c, leaves[1], leaves[2], normalize=normalize)
+    refs = torch.autograd.grad(ref_y, leaves, g.double())
+    for got, ref, leaf in zip(grads, refs, (x, scale, b)):
+        assert got.shape == leaf.shape and got.dtype == leaf.dtype
+        assert not got.isnan().any()
+        assert rel_err(got, ref) <= RTOL[dtype]
+
+
+def test_classifier_backward_op_outputs_and_determinism():
+    g = torch.randn(1000, 100, device=DEV)
+    x = torch.randn(1000, 512, device=DEV)
+    scale = torch.tensor([0.7], device=DEV, dtype=torch.float64)
+    out1 = ops.classifier_backward(g, x, scale, True, 1e-12)
+    out2 = ops.classifier_backward(g, x, scale, True, 1e-12)
+    gx, gs, gb = out1
+    assert gx.shape == x.shape and gx.dtype == x.dtype and gx.is_contiguous()
+    assert gs.shape == scale.shape and gs.dtype == scale.dtype
+    assert gb.shape == (100,) and gb.dtype == torch.float32
+    for a, b in zip(out1, out2):
+        assert torch.equal(a, b)
+    cpu = ops.classifier_backward(g.cpu(), x.cpu(), scale.cpu(), True, 1e-12)
+    for a, b in zip(out1, cpu):
+        assert rel_err(a.cpu(), b) <= 1e-5
+
+
+@pytest.mark.parametrize("n", [1, 6, 64, 2**15, 2**16], ids=lambda n: f"n{n}")
+def test_fwht_gradcheck(n):
+    x = torch.randn(2, n, dtype=torch.float64, device=DEV, requires_grad=True)
+    # fast_mode: a few random directions instead of the n x n Jacobian.
+    assert torch.autograd.gradcheck(lambda t: hk.fwht(t, 0.5, backend="cuda"), (x,), fast_mode=True)
+
+
+@pytest.mark.parametrize("case", [(8, 10), (12, 20), (100, 10), (16, 16)], ids=nc_id)
+@pytest.mark.parametrize("normalize", [True, False], ids=["norm", "raw"])
+def test_classifier_gradcheck(normalize, case):
+    n, c = case
+    x = torch.randn(3, n, dtype=torch.float64, device=DEV, requires_grad=True)
+    scale = torch.tensor(0.7, dtype=torch.float64, device=DEV, requires_grad=True)
+    b = torch.randn(c, dtype=torch.float64, device=DEV, requires_grad=True)
+    fn = lambda x, s, b: hk.hadamard_classifier(x, c, s, b, normalize=normalize, backend="cuda")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, scale, b))
+
+
+# ---------------------------------------------------------------------------------------
+# opcheck and torch.compile on CUDA tensors
+
+
+@pytest.mark.parametrize("n,out", [(16, 16), (5, 12), (40000, 100)])
+def test_opcheck_hadamard_transform(n, out):
+    x = torch.randn(3, n, device=DEV, requires_grad=True)
+    torch.library.opcheck(ops.hadamard_transform, (x, out, 0.5))
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("normalize", [True, False], ids=["norm", "raw"])
+def test_opcheck_classifier(normalize, bias):
+    x = torch.randn(4, 24, device=DEV, requires_grad=True)
+    scale = torch.tensor(0.7, device=DEV, requires_grad=True)
+    b = torch.randn(20, device=DEV, requires_grad=True) if bias else None
+    torch.library.opcheck(ops.classifier_forward, (x, scale, b, 20, normalize, 1e-12))
+    g = torch.randn(4, 20, device=DEV)
+    torch.library.opcheck(ops.classifier_backward, (g, x.detach(), scale.detach(), normalize, 1e-12))
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_forward_backward():
+    x = torch.randn(16, 512, device=DEV, requires_grad=True)
+    scale = torch.tensor(0.7, device=DEV, requires_grad=True)
+    b = torch.randn(100, device=DEV, requires_grad=True)
+
+    def f(x, s, b):
+        return hk.hadamard_classifier(hk.fwht(x, 512**-0.5), 100, s, b).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True)
+    got = torch.autograd.grad(compiled(x, scale, b), (x, scale, b))
+    want = torch.autograd.grad(f(x, scale, b), (x, scale, b))
+    for a, w in zip(got, want):
+        assert rel_err(a, w) <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input reaches the CUDA op with the same errors as on CPU
+
+
+def test_errors_on_cuda():
+    x = torch.randn(2, 8, device=DEV)
+    with pytest.raises(ValueError, match="scale"):
+        ops.classifier_forward(x, torch.tensor([1.0, 2.0], device=DEV), None, 4, True, 1e-12)
+    with pytest.raises(ValueError, match="bias"):
+        ops.classifier_forward(x, torch.tensor(1.0, device=DEV), torch.randn(3, device=DEV), 4, True, 1e-12)
+    with pytest.raises(ValueError, match="exceeds"):
+        ops.hadamard_transform(x, 2**20 + 1, 1.0)
+    with pytest.raises(TypeError, match="float32"):
+        ops.hadamard_transform(x.int(), 8, 1.0)
+    with pytest.raises(ValueError, match="is on"):
+        ops.classifier_forward(x, torch.tensor(1.0), None, 4, True, 1e-12)
