@@ -248,6 +248,13 @@ def _classifier_forward_fake(x, scale, bias, num_classes, normalize, eps):
 def _classifier_backward_fake(grad_y, x, scale, normalize, eps):
     torch._check(grad_y.shape[:-1] == x.shape[:-1], lambda: "classifier_backward: grad_y/x shape mismatch")
     torch._check(grad_y.dtype == x.dtype, lambda: "classifier_backward: grad_y dtype must equal x dtype")
+    return classifier_backward_outputs(grad_y, x, scale)
+
+
+def classifier_backward_outputs(grad_y: torch.Tensor, x: torch.Tensor, scale: torch.Tensor):
+    """Empty (grad_x, grad_scale, grad_bias) as every classifier backward op returns them:
+    grad_x contiguous in x's dtype, grad_scale like scale, grad_bias (C,) in float32
+    (float64 for float64 x). Shared by the fake kernels of all backends."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format),
@@ -276,7 +283,8 @@ def _transform_backward(ctx, grad: torch.Tensor):
     return grad_x, None, None
 
 
-def _classifier_setup_context(ctx, inputs, output) -> None:
+def classifier_setup_context(ctx, inputs, output) -> None:
+    """setup_context of every classifier forward op (inputs: x, scale, bias, C, normalize, eps)."""
     x, scale, bias, _, normalize, eps = inputs
     ctx.save_for_backward(x, scale)
     ctx.bias_dtype = None if bias is None else bias.dtype
@@ -284,18 +292,23 @@ def _classifier_setup_context(ctx, inputs, output) -> None:
     ctx.eps = eps
 
 
-def _classifier_backward(ctx, grad: torch.Tensor):
-    x, scale = ctx.saved_tensors
-    grad_x, grad_scale, grad_bias = torch.ops.hadamard_kernels.classifier_backward(
-        grad, x, scale, ctx.normalize, ctx.eps
-    )
-    grad_bias = None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype)
-    return grad_x, grad_scale, grad_bias, None, None, None
+def make_classifier_backward(backward_op: Callable) -> Callable:
+    """The autograd backward of a classifier forward op, calling its fused backward op."""
+
+    def backward(ctx, grad: torch.Tensor):
+        x, scale = ctx.saved_tensors
+        grad_x, grad_scale, grad_bias = backward_op(grad, x, scale, ctx.normalize, ctx.eps)
+        grad_bias = None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype)
+        return grad_x, grad_scale, grad_bias, None, None, None
+
+    return backward
 
 
 torch.library.register_autograd(
     "hadamard_kernels::hadamard_transform", _transform_backward, setup_context=_transform_setup_context
 )
 torch.library.register_autograd(
-    "hadamard_kernels::classifier_forward", _classifier_backward, setup_context=_classifier_setup_context
+    "hadamard_kernels::classifier_forward",
+    make_classifier_backward(torch.ops.hadamard_kernels.classifier_backward),
+    setup_context=classifier_setup_context,
 )

@@ -665,30 +665,12 @@ def classifier_backward_triton(
 def _(grad_y, x, scale, normalize, eps):
     _check_classifier(x, scale, grad_y.shape[-1], eps, _BACKWARD)
     _check_grad(grad_y, x, _BACKWARD)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return (
-        torch.empty_like(x, memory_format=torch.contiguous_format),
-        torch.empty_like(scale),
-        grad_y.new_empty((grad_y.shape[-1],), dtype=acc),
-    )
+    return ops.classifier_backward_outputs(grad_y, x, scale)
 
 
-def _classifier_setup_context(ctx, inputs, output) -> None:
-    x, scale, bias, _, normalize, eps = inputs
-    ctx.save_for_backward(x, scale)
-    ctx.bias_dtype = None if bias is None else bias.dtype
-    ctx.normalize = normalize
-    ctx.eps = eps
-
-
-def _classifier_backward(ctx, grad: torch.Tensor):
-    x, scale = ctx.saved_tensors
-    grad_x, grad_scale, grad_bias = classifier_backward_triton(grad, x, scale, ctx.normalize, ctx.eps)
-    grad_bias = None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype)
-    return grad_x, grad_scale, grad_bias, None, None, None
-
-
-classifier_forward_triton.register_autograd(_classifier_backward, setup_context=_classifier_setup_context)
+classifier_forward_triton.register_autograd(
+    ops.make_classifier_backward(classifier_backward_triton), setup_context=ops.classifier_setup_context
+)
 
 
 ops.register_backend("triton", _backend_available)
