@@ -99,8 +99,9 @@ def _cpu_peers(x: torch.Tensor) -> dict[str, Callable[[], object]]:
         import fht_cpu
 
         out = a.copy()
-        peers["fht_cpu (PyPI)"] = lambda: fht_cpu.fht(a, inplace=False)
-        peers["fht_cpu (PyPI, out=preallocated)"] = lambda: fht_cpu.fht(a, out=out)
+        threads = torch.get_num_threads()
+        peers["fht_cpu (PyPI)"] = lambda: fht_cpu.fht(a, inplace=False, num_threads=threads)
+        peers["fht_cpu (PyPI, out=preallocated)"] = lambda: fht_cpu.fht(a, out=out, num_threads=threads)
     except ImportError:
         pass
     try:
@@ -124,7 +125,8 @@ def _cpu_peer_times(case: FwhtCase) -> dict[str, float]:
     times: dict[str, float] = {}
     x = torch.empty(1, case.n, dtype=DTYPES[case.dtype])
     for name in _cpu_peers(x):
-        cmd = [sys.executable, os.path.abspath(__file__), "--peer-case", case.dtype, str(case.n), str(case.rows), name]
+        cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(torch.get_num_threads()),
+               "--peer-case", case.dtype, str(case.n), str(case.rows), name]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         times.update(json.loads(done.stdout.strip().splitlines()[-1]))
     return times
@@ -323,7 +325,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a few sizes only")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     parser.add_argument("--peer-case", nargs=4, metavar=("DTYPE", "N", "ROWS", "NAME"), help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for every candidate (default: torch's default, all cores)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)  # numpy's pool, in the children
     if args.peer_case:
         _peer_case_main(args.peer_case[0], int(args.peer_case[1]), int(args.peer_case[2]), args.peer_case[3])
         return
