@@ -12,12 +12,13 @@ from torch import nn
 from hadamard_kernels.nn import HadamardClassifier, OrthogonalClassifier
 
 HEADS = ("linear", "orthogonal", "hadamard")
-MODELS = ("cnn", "mlp")
+MODELS = ("cnn", "mlp", "probe")
 
 
-def make_head(kind: str, features: int, classes: int, alpha: float | None = None) -> nn.Module:
+def make_head(kind: str, features: int, classes: int, alpha: float | None = None, seed: int = 0) -> nn.Module:
     """The classifier layer: ``alpha=None`` learns alpha from the paper's initial value
-    (1/sqrt(C) for Hadamard, 10 for orthogonal); a number fixes alpha (the Fig. 3 sweep)."""
+    (1/sqrt(C) for Hadamard, 10 for orthogonal); a number fixes alpha (the Fig. 3 sweep).
+    ``seed`` draws the orthogonal head's fixed matrix."""
     if kind == "linear":
         if alpha is not None:
             raise ValueError("make_head: the learned linear head has no alpha to fix")
@@ -25,21 +26,25 @@ def make_head(kind: str, features: int, classes: int, alpha: float | None = None
     cls = {"orthogonal": OrthogonalClassifier, "hadamard": HadamardClassifier}.get(kind)
     if cls is None:
         raise ValueError(f"make_head: head must be one of {HEADS}, got {kind!r}")
+    kwargs = {"seed": seed} if kind == "orthogonal" else {}
     if alpha is None:
-        return cls(features, classes)
-    return cls(features, classes, init_scale=alpha, learn_scale=False)
+        return cls(features, classes, **kwargs)
+    return cls(features, classes, init_scale=alpha, learn_scale=False, **kwargs)
 
 
 class SmallCNN(nn.Module):
-    """conv3x3(16) - pool - conv3x3(32) - pool - fc(features) - ReLU - head."""
+    """conv3x3(16) - pool - conv3x3(32) - pool - fc(features) - ReLU - head.
 
-    def __init__(self, head: nn.Module, features: int, width: int = 16) -> None:
+    ``relu_features=False`` drops the last ReLU: the head then sees features of any sign
+    instead of non-negative ones (which matters to fixed heads; see examples/README.md)."""
+
+    def __init__(self, head: nn.Module, features: int, relu_features: bool = True, width: int = 16) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(2 * width * 7 * 7, features), nn.ReLU(),
+            nn.Linear(2 * width * 7 * 7, features), *([nn.ReLU()] if relu_features else []),
         )
         self.head = head
 
@@ -48,12 +53,13 @@ class SmallCNN(nn.Module):
 
 
 class MLP(nn.Module):
-    """784 - 256 - ReLU - features - ReLU - head."""
+    """784 - 256 - ReLU - features - ReLU - head (last ReLU optional, as in SmallCNN)."""
 
-    def __init__(self, head: nn.Module, features: int, hidden: int = 256) -> None:
+    def __init__(self, head: nn.Module, features: int, relu_features: bool = True, hidden: int = 256) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Flatten(), nn.Linear(28 * 28, hidden), nn.ReLU(), nn.Linear(hidden, features), nn.ReLU(),
+            nn.Flatten(), nn.Linear(28 * 28, hidden), nn.ReLU(),
+            nn.Linear(hidden, features), *([nn.ReLU()] if relu_features else []),
         )
         self.head = head
 
@@ -61,11 +67,27 @@ class MLP(nn.Module):
         return self.head(self.body(x))
 
 
-def make_model(model: str, head: str, features: int = 128, classes: int = 10, alpha: float | None = None) -> nn.Module:
-    net = {"cnn": SmallCNN, "mlp": MLP}.get(model)
+class Probe(nn.Module):
+    """A minimal body for measuring communication at scale: ``inputs`` - features - ReLU - head
+    (random inputs; only the sizes matter)."""
+
+    def __init__(self, head: nn.Module, features: int, relu_features: bool = True, inputs: int = 256) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(inputs, features), *([nn.ReLU()] if relu_features else []))
+        self.head = head
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def make_model(
+    model: str, head: str, features: int = 128, classes: int = 10, alpha: float | None = None, seed: int = 0,
+    relu_features: bool = True,
+) -> nn.Module:
+    net = {"cnn": SmallCNN, "mlp": MLP, "probe": Probe}.get(model)
     if net is None:
         raise ValueError(f"make_model: model must be one of {MODELS}, got {model!r}")
-    return net(make_head(head, features, classes, alpha), features)
+    return net(make_head(head, features, classes, alpha, seed), features, relu_features)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
