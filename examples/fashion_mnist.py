@@ -81,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--render-only", action="store_true",
+                   help="train nothing: rewrite results.md and the plots from --out-dir/results.json")
     return p.parse_args(argv)
 
 
@@ -120,6 +122,7 @@ def environment(device: torch.device, args: argparse.Namespace) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {_cpu_name()}",
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
+        "niceness": os.nice(0) if hasattr(os, "nice") else None,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "hadamard_kernels": hadamard_kernels.__version__,
@@ -263,7 +266,7 @@ def markdown(results: dict, out_dir: Path) -> str:
     lines = [
         "# Fixed vs learned classifiers on Fashion-MNIST",
         "",
-        f"{env['device']}, {env['torch_threads']} torch threads; torch {env['torch']}, hadamard_kernels "
+        f"{env['device']}, torch threads: {env['torch_threads']}; torch {env['torch']}, hadamard_kernels "
         f"{env['hadamard_kernels']} ({env['backend']} backend); commit {env['git_commit']}"
         f"{' (uncommitted changes)' if env['git_dirty'] else ''}; {env['date']}.",
         f"Command: `{env['command']}`",
@@ -325,6 +328,11 @@ def write_plots(results: dict, out_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        results = json.loads((args.out_dir / "results.json").read_text())
+        write_plots(results, args.out_dir)
+        (args.out_dir / "results.md").write_text(markdown(results, args.out_dir))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)

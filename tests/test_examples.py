@@ -123,6 +123,10 @@ def test_smoke_run_learns_and_writes_results(fashion_data, tmp_path):
     assert probe["orthogonal", True]["buffer_bytes_per_step"] == 4 * 100 * 64
     assert probe["orthogonal", False]["buffer_bytes_per_step"] == 0
 
+    (tmp_path / "results.md").unlink()
+    assert fashion_mnist.main(["--render-only", "--out-dir", str(tmp_path)]) == 0
+    assert "## Data-parallel training" in (tmp_path / "results.md").read_text()
+
 
 def _synthetic(n: int, seed: int) -> Split:
     """Images labelled by a fixed random linear teacher: learnable, needs no download."""
