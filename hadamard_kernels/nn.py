@@ -63,12 +63,18 @@ class HadamardClassifier(_FixedClassifier):
     nothing of size C x N is stored. Computed by :func:`hadamard_kernels.hadamard_classifier`
     (fused kernel: normalise, transform, truncate, scale, bias).
 
-    ``init_scale`` defaults to ``1 / sqrt(num_classes)``, the initialisation of the paper's
-    own code (``HadamardProj``): with unit-norm x each logit ``H_row . x_hat`` is of order 1
-    and at most sqrt(N), so a small alpha starts from a near-uniform softmax and training
-    raises it (the learned inverse temperature, the paper's Fig. 1). With
+    ``init_scale`` defaults to ``-1 / sqrt(num_classes)``: the paper's own code
+    (``HadamardProj``) returns ``-scale * H_hat x_hat`` with ``scale = 1 / sqrt(C)``, which is
+    this alpha in our sign convention. With unit-norm x each logit ``H_row . x_hat`` is of
+    order 1 and at most sqrt(N), so a small |alpha| starts from a near-uniform softmax and
+    training raises it (the learned inverse temperature, the paper's Fig. 1). The sign
+    matters on non-negative features (see below): on Fashion-MNIST the negative start was
+    as good or better in every comparison we ran (examples/README.md). With
     ``num_classes > in_features`` the rows of H_M[:C, :N] are no longer orthogonal (see the
-    paper's caveat); the head still works, with some classes sharing directions.
+    paper's caveat): rows repeat, and classes whose rows are equal can be told apart only
+    by their biases (see examples/README.md: 19.5 points lost on Fashion-MNIST at C=10, N=8).
+    Row 0 is all ones: on non-negative features (a ReLU before the head) class 0's logit
+    ``alpha * sum(x_hat)`` is the largest of all for alpha > 0, and the smallest for alpha < 0.
     """
 
     def __init__(
@@ -86,7 +92,7 @@ class HadamardClassifier(_FixedClassifier):
         dtype: torch.dtype | None = None,
     ) -> None:
         if init_scale is None:
-            init_scale = 1.0 / math.sqrt(max(num_classes, 1))
+            init_scale = -1.0 / math.sqrt(max(num_classes, 1))
         super().__init__(in_features, num_classes, bias, init_scale, learn_scale, normalize, eps, device, dtype)
         self.backend = backend
 
@@ -118,6 +124,12 @@ class OrthogonalClassifier(_FixedClassifier):
     the state_dict). With C > N its columns, not its rows, are orthonormal. ``init_scale``
     defaults to 10, the paper's code: the logits ``Q_row . x_hat`` lie in [-1, 1], so alpha
     must start large enough for the softmax to be trainable.
+
+    Data-parallel training: ``torch.nn.parallel.DistributedDataParallel`` re-broadcasts
+    every buffer, ``Q`` included (4 C N bytes), from rank 0 before each forward by default.
+    ``Q`` is identical on every rank already, so pass ``forward_sync_buffers=False``
+    (``broadcast_buffers=False`` before torch 2.13) when no other buffer needs syncing
+    (BatchNorm running statistics do). :class:`HadamardClassifier` has no such buffer.
     """
 
     def __init__(

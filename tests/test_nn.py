@@ -95,7 +95,7 @@ def test_hadamard_stores_nothing_of_size_c_by_n():
 
 @pytest.mark.parametrize("c", [1, 4, 10, 1000])
 def test_default_init_scales(c):
-    assert HadamardClassifier(16, c).scale.item() == pytest.approx(1 / math.sqrt(c))
+    assert HadamardClassifier(16, c).scale.item() == pytest.approx(-1 / math.sqrt(c))
     assert OrthogonalClassifier(16, c).scale.item() == pytest.approx(10.0)
     assert HadamardClassifier(16, c, init_scale=3.0).scale.item() == pytest.approx(3.0)
     assert OrthogonalClassifier(16, c, init_scale=3.0).scale.item() == pytest.approx(3.0)

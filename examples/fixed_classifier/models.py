@@ -17,7 +17,7 @@ MODELS = ("cnn", "mlp", "probe")
 
 def make_head(kind: str, features: int, classes: int, alpha: float | None = None, seed: int = 0) -> nn.Module:
     """The classifier layer: ``alpha=None`` learns alpha from the paper's initial value
-    (1/sqrt(C) for Hadamard, 10 for orthogonal); a number fixes alpha (the Fig. 3 sweep).
+    (-1/sqrt(C) for Hadamard, 10 for orthogonal); a number fixes alpha (the Fig. 3 sweep).
     ``seed`` draws the orthogonal head's fixed matrix."""
     if kind == "linear":
         if alpha is not None:
