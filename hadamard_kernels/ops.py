@@ -12,7 +12,6 @@ The C++ ops (csrc/ops.cpp) are:
 
 from __future__ import annotations
 
-import functools
 import numbers
 from typing import Callable
 
@@ -51,11 +50,18 @@ def register_backend(name: str, usable: Callable[[torch.device], bool]) -> None:
     if name not in BACKENDS:
         raise ValueError(f"register_backend: name must be one of {BACKENDS}, got {name!r}")
     _EXTRA_BACKENDS[name] = usable
-    _available.cache_clear()
+    _AVAILABLE.clear()
 
 
-@functools.lru_cache(maxsize=None)
+# device -> usable backends. A plain dict, not functools.lru_cache: torch.compile traces
+# through it without warning.
+_AVAILABLE: dict[torch.device, tuple[str, ...]] = {}
+
+
 def _available(device: torch.device) -> tuple[str, ...]:
+    cached = _AVAILABLE.get(device)
+    if cached is not None:
+        return cached
     found = []
     for name in _PREFERENCE.get(device.type, ("triton", "reference")):
         if name == "reference":
@@ -66,7 +72,8 @@ def _available(device: torch.device) -> tuple[str, ...]:
             ok = name in _EXTRA_BACKENDS and _EXTRA_BACKENDS[name](device)
         if ok:
             found.append(name)
-    return tuple(found)
+    _AVAILABLE[device] = tuple(found)
+    return _AVAILABLE[device]
 
 
 def available_backends(device: torch.device | str | None = None) -> tuple[str, ...]:
