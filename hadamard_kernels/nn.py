@@ -67,12 +67,12 @@ class HadamardClassifier(_FixedClassifier):
     (``HadamardProj``) returns ``-scale * H_hat x_hat`` with ``scale = 1 / sqrt(C)``, which is
     this alpha in our sign convention. With unit-norm x each logit ``H_row . x_hat`` is of
     order 1 and at most sqrt(N), so a small |alpha| starts from a near-uniform softmax and
-    training raises it (the learned inverse temperature, the paper's Fig. 1). The sign
-    matters on non-negative features (see below): on Fashion-MNIST the negative start was
-    as good or better in every comparison we ran (examples/README.md). With
+    training raises |alpha| (the learned inverse temperature, the paper's Fig. 1). The sign
+    of the start matters on non-negative features (see below); examples/README.md compares
+    both on Fashion-MNIST. With
     ``num_classes > in_features`` the rows of H_M[:C, :N] are no longer orthogonal (see the
     paper's caveat): rows repeat, and classes whose rows are equal can be told apart only
-    by their biases (see examples/README.md: 19.5 points lost on Fashion-MNIST at C=10, N=8).
+    by their biases (see examples/README.md: 19 points lost on Fashion-MNIST at C=10, N=8).
     Row 0 is all ones: on non-negative features (a ReLU before the head) class 0's logit
     ``alpha * sum(x_hat)`` is the largest of all for alpha > 0, and the smallest for alpha < 0.
     """
