@@ -257,7 +257,14 @@ def experiment_ddp(args, train, test, main: dict | None) -> dict:
 
 
 def write_outputs(results: dict, out_dir: Path) -> None:
+    """results.json, then everything rendered from it."""
     (out_dir / "results.json").write_text(json.dumps(report.round_floats(results), indent=1) + "\n")
+    render(results, out_dir)
+
+
+def render(results: dict, out_dir: Path) -> None:
+    """The plots and results.md, from ``results`` (as in results.json)."""
+    write_plots(results, out_dir)
     (out_dir / "results.md").write_text(markdown(results, out_dir))
 
 
@@ -329,9 +336,7 @@ def write_plots(results: dict, out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render_only:
-        results = json.loads((args.out_dir / "results.json").read_text())
-        write_plots(results, args.out_dir)
-        (args.out_dir / "results.md").write_text(markdown(results, args.out_dir))
+        render(json.loads((args.out_dir / "results.json").read_text()), args.out_dir)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -362,7 +367,6 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "ddp":
             results["ddp"] = experiment_ddp(args, train, test, results.get("main"))
         results["total_wall_s"] = time.perf_counter() - start
-        write_plots(results, args.out_dir)
         write_outputs(results, args.out_dir)
     print(f"done in {time.perf_counter() - start:.0f} s: {_relative(args.out_dir)}/results.md", flush=True)
     return 0
