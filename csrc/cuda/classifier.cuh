@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS)
     classifier_forward_kernel(const ClassifierForwardArgs<T> p) {
   using Tile = RowTile<T, L>;
   using A = acc_of<T>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  HK_DYNAMIC_SHARED(unsigned char, smem_raw);
   A* smem = reinterpret_cast<A*>(smem_raw);
   A* red = smem + Tile::kExchangeElems;
   Tile tile;
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS)
   using Tile = RowTile<T, L>;
   using A = acc_of<T>;
   constexpr int KV = Tile::KV;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  HK_DYNAMIC_SHARED(unsigned char, smem_raw);
   A* smem = reinterpret_cast<A*>(smem_raw);
   A* red = smem + Tile::kExchangeElems;
   Tile tile;
@@ -245,7 +245,7 @@ inline cudaError_t launch_tile_kernel(void (*kernel)(Args), const Args& a, int64
   static unsigned long long smem_done = 0;
   cudaError_t err = allow_smem(kernel, Tile::kSmemBytes, smem_done);
   if (err != cudaSuccess) return err;
-  kernel<<<grid_for((rows + Tile::RPB - 1) / Tile::RPB), Tile::THREADS, Tile::kSmemBytes, stream>>>(a);
+  HK_LAUNCH(kernel, grid_for((rows + Tile::RPB - 1) / Tile::RPB), Tile::THREADS, Tile::kSmemBytes, stream, a);
   return cudaGetLastError();
 }
 
@@ -383,7 +383,8 @@ cudaError_t launch_classifier_backward(const T* g, const T* x, int64_t x_row_str
   b.n = n;
   b.normalize = cp.normalize;
   b.eps = static_cast<A>(cp.eps);
-  classifier_backward_rows_kernel<T><<<grid_for(p.rows), kBackwardRowThreads, 0, stream>>>(b);
+  auto rows_kernel = classifier_backward_rows_kernel<T>;
+  HK_LAUNCH(rows_kernel, grid_for(p.rows), kBackwardRowThreads, 0, stream, b);
   return cudaGetLastError();
 }
 

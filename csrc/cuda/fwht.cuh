@@ -45,6 +45,17 @@
 
 #include "../hadamard.h"
 
+// The two pieces of CUDA syntax a host compiler cannot read, as macros, so that the CPU-run
+// harness (tests/cuda_sim/) compiles this unchanged source with its own definitions; under
+// nvcc they expand to the launch and the dynamic shared-memory declaration.
+#ifndef HK_LAUNCH
+#define HK_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+#endif
+#ifndef HK_DYNAMIC_SHARED
+#define HK_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#endif
+
 namespace hadamard_kernels {
 namespace cuda {
 
@@ -510,7 +521,7 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS)
     row_transform_kernel(const RowArgs<T, O> p) {
   using Tile = RowTile<T, L>;
   using A = acc_of<T>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  HK_DYNAMIC_SHARED(unsigned char, smem_raw);
   A* smem = reinterpret_cast<A*>(smem_raw);
   A* red = smem + Tile::kExchangeElems;
   Tile tile;
@@ -670,7 +681,7 @@ inline cudaError_t launch_row_kernel(const RowArgs<T, O>& p, cudaStream_t stream
   cudaError_t err = allow_smem(kernel, Tile::kSmemBytes, smem_done);
   if (err != cudaSuccess) return err;
   const int64_t blocks = (p.rows + Tile::RPB - 1) / Tile::RPB;
-  kernel<<<grid_for(blocks), Tile::THREADS, Tile::kSmemBytes, stream>>>(p);
+  HK_LAUNCH(kernel, grid_for(blocks), Tile::THREADS, Tile::kSmemBytes, stream, p);
   return cudaGetLastError();
 }
 
@@ -678,8 +689,8 @@ template <typename T, typename O, int L2, ColumnEpilogue kEpi>
 inline cudaError_t launch_column_kernel(const ColumnArgs<T, O>& p, cudaStream_t stream) {
   constexpr int CPT = columns_per_thread<acc_of<T>, L2>();
   const int64_t threads = p.rows * (p.m1 / CPT);
-  column_transform_kernel<T, O, L2, kEpi>
-      <<<grid_for((threads + kColumnThreads - 1) / kColumnThreads), kColumnThreads, 0, stream>>>(p);
+  auto kernel = column_transform_kernel<T, O, L2, kEpi>;
+  HK_LAUNCH(kernel, grid_for((threads + kColumnThreads - 1) / kColumnThreads), kColumnThreads, 0, stream, p);
   return cudaGetLastError();
 }
 
