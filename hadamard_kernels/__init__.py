@@ -4,18 +4,25 @@ Importing the package loads the compiled extension, which registers the
 ``torch.ops.hadamard_kernels.*`` custom ops (CPU always, CUDA when built).
 """
 
-import torch  # noqa: F401  (loads libc10 / libtorch before the extension)
+import importlib.util
+import os
+
+import torch  # (loads libc10 / libtorch before the extension)
 
 from . import _C  # noqa: F401  (runs the TORCH_LIBRARY registrations)
 from . import nn, reference
 from .ops import BACKENDS, MAX_FEATURES, available_backends, fwht, hadamard_classifier
 
-try:
-    import triton  # noqa: F401  (optional dependency)
-except ImportError:  # no Triton: no "triton" backend
-    pass
-else:
-    from . import triton_kernels  # noqa: F401  (registers the "triton" backend and its ops)
+# The "triton" backend (optional dependency triton) registers itself when
+# hadamard_kernels.triton_kernels is imported. Only where it can run: on a CUDA GPU, or on
+# the CPU under the Triton interpreter (TRITON_INTERPRET=1 set before this import).
+# Elsewhere it is skipped, as importing it also imports torch._dynamo, which would make
+# `import hadamard_kernels` about 1.6x slower than `import torch`. Not lazily on first
+# use: under torch.compile that first use is traced, and the registration is not seen.
+if importlib.util.find_spec("triton") is not None and (
+    os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+):
+    from . import triton_kernels  # noqa: F401
 
 __all__ = [
     "BACKENDS",

@@ -38,11 +38,15 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _EXTRA_BACKENDS: dict[str, Callable[[torch.device], bool]] = {}
 
 
-# A registry query torch.compile cannot trace: taken as a constant (kernels are registered
-# at import, before any compilation), so backend dispatch costs no graph break.
-@torch.compiler.assume_constant_result
-def _has_kernel(op: str, dispatch_key: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"hadamard_kernels::{op}", dispatch_key)
+# Dispatch keys with a C++ kernel, read once at import (the extension registers its
+# kernels when it is loaded, before this module): a constant for torch.compile, which
+# cannot trace the registry query, and no torch.compiler decorator, whose import of
+# torch._dynamo would double the time of `import hadamard_kernels`.
+_KERNEL_DEVICES: frozenset[str] = frozenset(
+    key
+    for key in ("CPU", "CUDA")
+    if torch._C._dispatch_has_kernel_for_dispatch_key("hadamard_kernels::hadamard_transform", key)
+)
 
 
 def register_backend(name: str, usable: Callable[[torch.device], bool]) -> None:
@@ -67,7 +71,7 @@ def _available(device: torch.device) -> tuple[str, ...]:
         if name == "reference":
             ok = True
         elif name in ("cpu", "cuda"):
-            ok = device.type == name and _has_kernel("hadamard_transform", name.upper())
+            ok = device.type == name and name.upper() in _KERNEL_DEVICES
         else:
             ok = name in _EXTRA_BACKENDS and _EXTRA_BACKENDS[name](device)
         if ok:
@@ -276,7 +280,11 @@ def classifier_backward_outputs(grad_y: torch.Tensor, x: torch.Tensor, scale: to
 # hadamard_transform: y = s * H_M[:out, :in] x, so dL/dx = s * H_M[:out, :in]^T g
 #   = s * H_M[:in, :out] g (H_M is symmetric): the same op with out and in swapped.
 #   Its backward is again an op with registered autograd, so higher orders work too.
-# classifier_forward: one fused backward op (formulas in csrc/hadamard.h).
+# classifier_forward: one fused backward op (formulas in csrc/hadamard.h) for a plain
+#   backward. When the backward itself is differentiated (create_graph=True: gradient
+#   penalties, gradgradcheck, torch.func.grad of grad), the same formulas are written with
+#   differentiable torch ops around the transform op instead, so every order is exact.
+#   The fused backward op has no derivative of its own: differentiating it raises.
 
 
 def _transform_setup_context(ctx, inputs, output) -> None:
@@ -299,14 +307,85 @@ def classifier_setup_context(ctx, inputs, output) -> None:
     ctx.eps = eps
 
 
-def make_classifier_backward(backward_op: Callable) -> Callable:
-    """The autograd backward of a classifier forward op, calling its fused backward op."""
+def _row_norm(x: torch.Tensor) -> torch.Tensor:
+    """||x||_2 over the last dim (keepdim) without overflow or underflow: ``a * ||x / a||``
+    with a = max |x| (LAPACK's nrm2 scaling). It equals ||x|| for every a > 0, so its
+    derivatives of every order with respect to a vanish and autograd through it is exact."""
+    a = x.abs().amax(-1, keepdim=True)
+    a = torch.where(a > 0, a, torch.ones_like(a))
+    return a * torch.linalg.vector_norm(x / a, dim=-1, keepdim=True)
+
+
+def _default_transform(x: torch.Tensor) -> Callable:
+    """The differentiable transform for x's device: the C++ op where it is built, else the
+    pure-PyTorch reference."""
+    if x.device.type.upper() in _KERNEL_DEVICES or x.device.type == "meta":
+        return torch.ops.hadamard_kernels.hadamard_transform
+    return reference.hadamard_transform_reference
+
+
+def classifier_grads_differentiable(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    normalize: bool,
+    eps: float,
+    transform: Callable | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_scale, grad_bias) of the classifier, as the fused backward op returns
+    them, computed with differentiable torch ops and ``transform(t, out_features, scale)``
+    (an op with autograd; default: the C++ transform, or the reference off its devices).
+
+    With g = dL/dy, u = H_M[:N, :C] g (the adjoint), r = ||x||, d = max(r, eps):
+        dL/dscale = sum u . x_hat,  dL/dbias = sum g,
+        dL/dx = (scale u - [r >= eps] x_hat (x_hat . scale u)) / d   (normalize)
+              = scale u                                             (otherwise).
+    """
+    transform = transform or _default_transform(x)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    n, c = x.shape[-1], grad.shape[-1]
+    g, xa, s = grad.to(acc), x.to(acc), scale.to(acc).reshape(())
+    u = transform(g, n, 1.0)
+    if normalize:
+        r = _row_norm(xa)
+        d = r.clamp_min(eps)
+        x_hat = xa / d
+        v = s * u
+        proj = torch.where(r >= eps, (x_hat * v).sum(-1, keepdim=True), torch.zeros_like(r))
+        grad_x = (v - x_hat * proj) / d
+    else:
+        x_hat = xa
+        grad_x = s * u
+    grad_scale = (u * x_hat).sum().to(scale.dtype).reshape(scale.shape)
+    grad_bias = g.reshape(-1, c).sum(0)
+    return grad_x.to(x.dtype), grad_scale, grad_bias
+
+
+def make_classifier_backward(backward_op: Callable, transform: Callable | None = None) -> Callable:
+    """The autograd backward of a classifier forward op: its fused ``backward_op`` for a
+    plain backward; :func:`classifier_grads_differentiable` with ``transform`` when the
+    backward is itself differentiated (grad mode on inside backward: create_graph=True)."""
 
     def backward(ctx, grad: torch.Tensor):
         x, scale = ctx.saved_tensors
-        grad_x, grad_scale, grad_bias = backward_op(grad, x, scale, ctx.normalize, ctx.eps)
+        if torch.is_grad_enabled():
+            grads = classifier_grads_differentiable(grad, x, scale, ctx.normalize, ctx.eps, transform)
+        else:
+            grads = backward_op(grad, x, scale, ctx.normalize, ctx.eps)
+        grad_x, grad_scale, grad_bias = grads
         grad_bias = None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype)
         return grad_x, grad_scale, grad_bias, None, None, None
+
+    return backward
+
+
+def _not_differentiable(op: str) -> Callable:
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"{op} is not differentiable: it is the fused first derivative of the classifier. "
+            f"For higher derivatives differentiate hadamard_classifier (create_graph=True), "
+            f"which then computes its backward with differentiable ops"
+        )
 
     return backward
 
@@ -318,4 +397,8 @@ torch.library.register_autograd(
     "hadamard_kernels::classifier_forward",
     make_classifier_backward(torch.ops.hadamard_kernels.classifier_backward),
     setup_context=classifier_setup_context,
+)
+# Without this, torch's fallback would warn and return zero gradients through the op.
+torch.library.register_autograd(
+    "hadamard_kernels::classifier_backward", _not_differentiable("hadamard_kernels::classifier_backward")
 )

@@ -1,6 +1,10 @@
 """hadamard_kernels.ops: fwht and hadamard_classifier (every CPU backend) and the
 torch.ops.hadamard_kernels custom ops, against the float64 reference."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import DTYPES, LAYOUTS, RTOL, dtype_id, make_input, rel_err
@@ -429,6 +433,57 @@ def test_classifier_gradcheck_clamped_norm():
 
 
 # ---------------------------------------------------------------------------------------
+# Second derivatives: every backend of the CPU, the Triton one under its interpreter
+
+CPU_BACKENDS = list(hk.available_backends("cpu"))
+
+
+@pytest.mark.parametrize("case", [(8, 10), (16, 4), (5, 5)], ids=nc_id)
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "raw"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_classifier_gradgradcheck(backend, normalize, case):
+    n, c = case
+    x = torch.randn(2, 3, n, dtype=torch.float64)
+    x[1, 0] *= 0.1 / x[1, 0].norm()  # one row in the clamped branch (eps = 0.5 below)
+    inputs = (
+        x.requires_grad_(),
+        torch.tensor(0.7, dtype=torch.float64, requires_grad=True),
+        torch.randn(c, dtype=torch.float64, requires_grad=True),
+    )
+
+    def f(x, scale, b):
+        return hk.hadamard_classifier(x, c, scale, b, normalize=normalize, eps=0.5, backend=backend)
+
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_classifier_double_backward_matches_reference(backend, dtype):
+    # The gradient of a gradient norm (a gradient penalty), as the issue's user computed it.
+    x = torch.randn(3, 12, dtype=dtype, requires_grad=True)
+    scale = torch.tensor(0.7, dtype=dtype, requires_grad=True)
+    (gx,) = torch.autograd.grad(hk.hadamard_classifier(x, 5, scale, backend=backend).pow(2).sum(), x, create_graph=True)
+    got = torch.autograd.grad(gx.pow(2).sum(), (x, scale))
+    xr, sr = (t.detach().double().requires_grad_() for t in (x, scale))
+    (gr,) = torch.autograd.grad(R.hadamard_classifier_reference(xr, 5, sr).pow(2).sum(), xr, create_graph=True)
+    want = torch.autograd.grad(gr.pow(2).sum(), (xr, sr))
+    for gv, wv in zip(got, want):
+        assert gv.dtype == dtype and wv.abs().max() > 0
+        assert rel_err(gv, wv) <= RTOL[dtype]
+
+
+def test_classifier_backward_op_is_not_silently_differentiated():
+    # The fused backward op has no second derivative of its own: differentiating it must
+    # raise, never return torch's fallback of zero gradients.
+    x = torch.randn(3, 8, requires_grad=True)
+    g = torch.randn(3, 5)
+    grad_x, _, _ = ops.classifier_backward(g, x, torch.tensor(0.7), True, 1e-12)
+    with pytest.raises(RuntimeError, match="classifier_backward is not differentiable"):
+        grad_x.sum().backward()
+
+
+# ---------------------------------------------------------------------------------------
 # torch.library.opcheck: schema, fake kernel, autograd registration, AOT dispatch
 
 
@@ -760,3 +815,16 @@ def test_direct_op_rejects_float8(op):
             tr(x, 4, 1.0)
         else:
             fwd(x, S, None, 4, True, EPS)
+
+
+# ---------------------------------------------------------------------------------------
+# Import cost (measured, not timed here: see README): torch._dynamo alone about doubles it
+
+
+def test_import_does_not_import_dynamo():
+    # A fresh process without a GPU or the Triton interpreter: the case of a CPU user.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    code = "import sys, hadamard_kernels; print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
