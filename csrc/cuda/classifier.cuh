@@ -38,7 +38,7 @@ struct ClassifierForwardArgs {
 };
 
 template <typename T, int L, bool kStrided>
-__global__ void __launch_bounds__(RowTile<T, L>::THREADS)
+__global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrided>(RowTile<T, L>::THREADS))
     classifier_forward_kernel(const ClassifierForwardArgs<T> p) {
   using Tile = RowTile<T, L>;
   using A = acc_of<T>;
@@ -109,7 +109,7 @@ __device__ __forceinline__ BackwardCoefficients<A> backward_coefficients(A alpha
 }
 
 template <typename T, int L, bool kStrided>
-__global__ void __launch_bounds__(RowTile<T, L>::THREADS)
+__global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrided>(RowTile<T, L>::THREADS))
     classifier_backward_kernel(const ClassifierBackwardArgs<T> p) {
   using Tile = RowTile<T, L>;
   using A = acc_of<T>;
@@ -147,14 +147,14 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS)
       if (tile.t == 0) p.contrib[r] = co.contrib;
       // x again (from L1/L2: keeping it in registers would double their number) if needed.
       const int xlim = co.cb != A(0) ? lim : -1;
-      T* gr = p.gx + r * p.n;
+      T* gr = p.gx + r * p.n + c_thread;
 #pragma unroll
       for (int v = 0; v < Tile::V; ++v) {
-        const int c = Tile::q_final_offset(v) * KV + c_thread;
+        const int c = Tile::q_final_offset(v) * KV;  // compile-time: an immediate offset from gr
         A xv[KV];
         tile.template load_final<kStrided>(xr, p.x_col_stride, xlim, p.vec_x, v, xv);
         if (p.vec_gx) {
-          if (c < lim) {
+          if (c + c_thread < lim) {
             T o[KV];
 #pragma unroll
             for (int k = 0; k < KV; ++k) o[k] = Num<T>::store(co.ca * (tile.a[v][k] - xv[k] * co.cb));
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS)
         } else {
 #pragma unroll
           for (int k = 0; k < KV; ++k)
-            if (c + k < lim) gr[c + k] = Num<T>::store(co.ca * (tile.a[v][k] - xv[k] * co.cb));
+            if (c + c_thread + k < lim) gr[c + k] = Num<T>::store(co.ca * (tile.a[v][k] - xv[k] * co.cb));
         }
       }
     }

@@ -24,7 +24,8 @@
 // Larger M (up to 2^20) takes two passes over an accumulator-typed workspace, M = M1 * M2:
 //   pass 1: the same row kernel transforms each contiguous chunk of M1 columns (low bits);
 //   pass 2: a column kernel transforms, for every column j < M1, the M2 entries j + i * M1
-//           (high bits) in registers, lanes on consecutive j (coalesced), and writes the output.
+//           (high bits) in registers (float64 at 2^20: the highest bit across a lane pair),
+//           lanes on consecutive j (coalesced), and writes the output.
 // Why not thread block clusters: a float32 row of 2^20 entries is 4 MB, more than the 16
 // largest CTAs of a cluster hold in shared memory together, so some multi-pass scheme is
 // needed anyway; two passes over an L2-resident workspace keep one code path for all types.
@@ -100,6 +101,18 @@ __device__ __forceinline__ double signed_add(double sign, double x, double p) { 
 template <typename A>
 __device__ __forceinline__ A max_like_std(A a, A b) {
   return a < b ? b : a;
+}
+
+// x, hidden from the optimiser (no instruction), anew in every iteration of a grid-stride
+// loop. The kernels take loop-invariant strides and column offsets through it where each
+// entry's address derives from them: otherwise the compiler hoists every entry's 64-bit
+// address (or offset) out of the loop and keeps them all live, two registers per entry, which
+// spilled. (Not for pointers: the loads through them would lose the global address space.)
+__device__ __forceinline__ int64_t opaque(int64_t x) {
+#ifdef __CUDA_ARCH__
+  asm volatile("" : "+l"(x));
+#endif
+  return x;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -243,6 +256,15 @@ __host__ __device__ constexpr TileConfig make_tile_config(int L, int t_size) {
   return c;
 }
 
+// Blocks per SM that a row-tile kernel's __launch_bounds__ promises, so that ptxas keeps it
+// at 16 resident warps (25% occupancy on sm_90, i.e. at most 128 registers a thread; tiles have
+// 256 or 512 threads). Only on the contiguous path: the strided instantiations keep the whole
+// register file (one 64-bit address per entry, see RowTile::load).
+template <bool kStrided>
+__host__ __device__ constexpr int tile_min_blocks(int threads) {
+  return kStrided ? 1 : cmax(1, 512 / threads);
+}
+
 // Largest L done in one pass for storage type T (the exchange buffer, M accumulators, must
 // fit in the 227 KB of shared memory of an sm_90 block).
 template <typename T>
@@ -320,13 +342,14 @@ struct RowTile {
     const int lim = valid ? clamp_limit(n, col0) : -1;
     const int c_thread = q_load_thread() * KV;
     if constexpr (kStrided) {
-      const T* base = row + (col0 + c_thread) * col_stride;
+      const int64_t cs = opaque(col_stride);
+      const T* base = row + (col0 + c_thread) * cs;
 #pragma unroll
       for (int v = 0; v < V; ++v)
 #pragma unroll
         for (int k = 0; k < KV; ++k) {
           const int c = q_load_offset(v) * KV + k;
-          a[v][k] = c + c_thread < lim ? Num<T>::load(base[c * col_stride]) : A(0);
+          a[v][k] = c + c_thread < lim ? Num<T>::load(base[c * cs]) : A(0);
         }
     } else {
       const T* base = row + col0 + c_thread;
@@ -361,20 +384,26 @@ struct RowTile {
   template <bool kStrided>
   __device__ __forceinline__ void load_final(const T* row, int64_t col_stride, int lim, bool vec, int v,
                                              A (&dst)[KV]) const {
-    const int c = q_final_offset(v) * KV + q_final_thread() * KV;
+    const int c_thread = q_final_thread() * KV;
+    const int c = q_final_offset(v) * KV;  // compile-time: an immediate offset from base
     if constexpr (kStrided) {
+      const int64_t cs = opaque(col_stride);
+      const T* base = row + c_thread * cs;
 #pragma unroll
-      for (int k = 0; k < KV; ++k) dst[k] = c + k < lim ? Num<T>::load(row[(c + k) * col_stride]) : A(0);
-    } else if (vec) {
-      if (c < lim) {
-        load_vec<T, KV>(row + c, dst);
+      for (int k = 0; k < KV; ++k) dst[k] = c + c_thread + k < lim ? Num<T>::load(base[(c + k) * cs]) : A(0);
+    } else {
+      const T* base = row + c_thread;
+      if (vec) {
+        if (c + c_thread < lim) {
+          load_vec<T, KV>(base + c, dst);
+        } else {
+#pragma unroll
+          for (int k = 0; k < KV; ++k) dst[k] = A(0);
+        }
       } else {
 #pragma unroll
-        for (int k = 0; k < KV; ++k) dst[k] = A(0);
+        for (int k = 0; k < KV; ++k) dst[k] = c + c_thread + k < lim ? Num<T>::load(base[c + k]) : A(0);
       }
-    } else {
-#pragma unroll
-      for (int k = 0; k < KV; ++k) dst[k] = c + k < lim ? Num<T>::load(row[c + k]) : A(0);
     }
   }
 
@@ -475,7 +504,8 @@ struct RowTile {
   template <typename O, typename F>
   __device__ __forceinline__ void store(O* row, int64_t n, bool vec, F f) const {
     const int lim = clamp_limit(n, 0);
-    const int c_thread = q_final_thread() * KV;
+    // Through opaque: f may index a loop-invariant array by the column (the classifier's bias).
+    const int c_thread = static_cast<int>(opaque(int64_t{q_final_thread() * KV}));
     O* base = row + c_thread;
 #pragma unroll
     for (int v = 0; v < V; ++v) {
@@ -517,7 +547,7 @@ struct RowArgs {
 };
 
 template <typename T, typename O, int L, bool kStrided>
-__global__ void __launch_bounds__(RowTile<T, L>::THREADS)
+__global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrided>(RowTile<T, L>::THREADS))
     row_transform_kernel(const RowArgs<T, O> p) {
   using Tile = RowTile<T, L>;
   using A = acc_of<T>;
@@ -553,8 +583,11 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS)
 
 // ------------------------------------------------------------------------------------------
 // Pass 2: the high bits. ws holds rows of M = M1 * 2^L2 accumulators, each a stack of 2^L2
-// chunks transformed by pass 1; thread j of a row owns columns j*CPT .. j*CPT+CPT-1 of every
-// chunk, i.e. 2^L2 * CPT registers, and transforms across chunks.
+// chunks transformed by pass 1; the 2^S threads of a column group own columns j*CPT ..
+// j*CPT+CPT-1 of every chunk, each thread 2^(L2-S) * CPT registers, and transform across chunks:
+// the low L2 - S bits of the chunk index in registers, the S high ones across lanes (one
+// shuffle per entry). Lanes on consecutive j: a warp reads and writes 32 / 2^S consecutive
+// column groups of 2^S chunks (whole 32-byte sectors).
 
 enum class ColumnEpilogue { kScale, kClassifier };
 
@@ -582,36 +615,40 @@ __host__ __device__ constexpr int columns_per_thread() {
   return cmax(1, cmin(by_vector, by_registers));
 }
 
+// S: 1 where one thread's column group would need more than 64 registers of data (float64 at
+// 2^6: 128, which held the kernel at 255 registers and 12.5% occupancy), else 0.
+template <typename A, int L2>
+__host__ __device__ constexpr int column_split_log2() {
+  return (1 << L2) * columns_per_thread<A, L2>() * static_cast<int>(sizeof(A)) / 4 > 64 ? 1 : 0;
+}
+
 constexpr int kColumnThreads = 256;
+constexpr int kColumnMinBlocks = 2;  // 16 warps an SM (25% occupancy): at most 128 registers
 
 template <typename T, typename O, int L2, ColumnEpilogue kEpi>
-__global__ void __launch_bounds__(kColumnThreads) column_transform_kernel(const ColumnArgs<T, O> p) {
+__global__ void __launch_bounds__(kColumnThreads, kColumnMinBlocks)
+    column_transform_kernel(const ColumnArgs<T, O> p) {
   using A = acc_of<T>;
+  constexpr int S = column_split_log2<A, L2>();
   constexpr int H = 1 << L2;
+  constexpr int HT = H >> S;         // chunks per thread
+  constexpr int SPAN = 32 >> S;      // column groups per warp
   constexpr int CPT = columns_per_thread<A, L2>();
   const int m1 = static_cast<int>(p.m1);  // <= 2^15
   const int per_row = m1 / CPT;
   const int64_t total = p.rows * per_row;
   const int out_cols = static_cast<int>(p.out_features);  // <= 2^20
-  for (int64_t g = int64_t{blockIdx.x} * kColumnThreads + threadIdx.x; g < total;
-       g += int64_t{gridDim.x} * kColumnThreads) {
-    const int64_t row = g / per_row;
-    const int j = static_cast<int>(g - row * per_row) * CPT;
-    const A* src = p.ws + row * (int64_t{m1} * H) + j;
-    A a[H][CPT];
-#pragma unroll
-    for (int h = 0; h < H; ++h) load_vec<A, CPT>(src + h * m1, a[h]);
-#pragma unroll
-    for (int s = 1; s < H; s <<= 1)
-#pragma unroll
-      for (int h = 0; h < H; ++h)
-        if (!(h & s))
-#pragma unroll
-          for (int c = 0; c < CPT; ++c) {
-            const A x = a[h][c], y = a[h | s][c];
-            a[h][c] = x + y;
-            a[h | s][c] = x - y;
-          }
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int part = lane / SPAN;      // the S high bits of this thread's chunks
+  const int h0 = part * HT;
+  // Warp-uniform loop (the shuffles need the whole warp): lanes past the end idle.
+  const int64_t warp = (int64_t{blockIdx.x} * kColumnThreads + threadIdx.x) / 32;
+  for (int64_t g0 = warp * SPAN; g0 < total; g0 += int64_t{gridDim.x} * (kColumnThreads >> S)) {
+    const int64_t g = g0 + lane % SPAN;
+    const bool valid = g < total;
+    const int64_t row = valid ? g / per_row : 0;
+    const int j = valid ? static_cast<int>(g - row * per_row) * CPT : 0;
+    // The row's coefficient first, while the registers of a are free.
     A coef = p.scale;
     if constexpr (kEpi == ColumnEpilogue::kClassifier) {
       coef = *p.alpha;
@@ -622,12 +659,46 @@ __global__ void __launch_bounds__(kColumnThreads) column_transform_kernel(const 
         coef = coef * (A(1) / max_like_std(sqrt(ss), p.eps));
       }
     }
-    O* dst = p.out + row * p.out_row_stride + j;
+    const A* src = p.ws + row * (int64_t{m1} * H) + int64_t{h0} * m1 + j;
+    A a[HT][CPT];
 #pragma unroll
-    for (int h = 0; h < H; ++h)
+    for (int h = 0; h < HT; ++h) {
+      if (valid) {
+        load_vec<A, CPT>(src + h * m1, a[h]);
+      } else {
+#pragma unroll
+        for (int c = 0; c < CPT; ++c) a[h][c] = A(0);
+      }
+    }
+#pragma unroll
+    for (int s = 1; s < HT; s <<= 1)
+#pragma unroll
+      for (int h = 0; h < HT; ++h)
+        if (!(h & s))
+#pragma unroll
+          for (int c = 0; c < CPT; ++c) {
+            const A x = a[h][c], y = a[h | s][c];
+            a[h][c] = x + y;
+            a[h | s][c] = x - y;
+          }
+#pragma unroll
+    for (int s = SPAN; s < 32; s <<= 1) {
+      const A sign = (lane & s) ? A(-1) : A(1);
+#pragma unroll
+      for (int h = 0; h < HT; ++h)
+#pragma unroll
+        for (int c = 0; c < CPT; ++c) {
+          const A q = __shfl_xor_sync(0xffffffffu, a[h][c], s);
+          a[h][c] = signed_add(sign, a[h][c], q);
+        }
+    }
+    if (!valid) continue;
+    O* dst = p.out + row * p.out_row_stride + int64_t{h0} * m1 + j;
+#pragma unroll
+    for (int h = 0; h < HT; ++h)
 #pragma unroll
       for (int c = 0; c < CPT; ++c) {
-        const int col = h * m1 + j + c;
+        const int col = (h0 + h) * m1 + j + c;
         if (col < out_cols) {
           A y = coef * a[h][c];
           if constexpr (kEpi == ColumnEpilogue::kClassifier) {
@@ -688,7 +759,7 @@ inline cudaError_t launch_row_kernel(const RowArgs<T, O>& p, cudaStream_t stream
 template <typename T, typename O, int L2, ColumnEpilogue kEpi>
 inline cudaError_t launch_column_kernel(const ColumnArgs<T, O>& p, cudaStream_t stream) {
   constexpr int CPT = columns_per_thread<acc_of<T>, L2>();
-  const int64_t threads = p.rows * (p.m1 / CPT);
+  const int64_t threads = (p.rows * (p.m1 / CPT)) << column_split_log2<acc_of<T>, L2>();
   auto kernel = column_transform_kernel<T, O, L2, kEpi>;
   HK_LAUNCH(kernel, grid_for((threads + kColumnThreads - 1) / kColumnThreads), kColumnThreads, 0, stream, p);
   return cudaGetLastError();

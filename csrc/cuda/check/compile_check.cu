@@ -4,6 +4,12 @@
 // Instantiating the launch helpers for each storage type instantiates every kernel they can
 // launch (each tile size, both passes, every epilogue). Not part of the extension: setup.py
 // only globs csrc/cuda/*.cu.
+//
+// The same compile feeds the resource table (scripts/cuda_resources.py): ptxas -v gives each
+// kernel's registers, spills and static shared memory, the PTX (nvcc -keep) each kernel's
+// __launch_bounds__ and the tile manifest below.
+#include <utility>
+
 #include "../classifier.cuh"
 #include "../fwht.cuh"
 
@@ -24,6 +30,33 @@ HADAMARD_KERNELS_INSTANTIATE(__half)
 HADAMARD_KERNELS_INSTANTIATE(__nv_bfloat16)
 
 #undef HADAMARD_KERNELS_INSTANTIATE
+
+// Tile manifest: {L, threads, dynamic shared bytes} of RowTile<T, L> for every single-pass L,
+// the launch configuration of row_transform_kernel, classifier_forward_kernel and
+// classifier_backward_kernel. The PTX holds it as the byte initialiser of these __device__
+// variables (hk_tiles_f32, _f64, _f16, _bf16), so the script reads the launchers' own constants.
+template <int N>
+struct TileManifest {
+  int row[N][3];
+};
+
+template <typename T, int... Ls>
+constexpr TileManifest<sizeof...(Ls)> tile_manifest(std::integer_sequence<int, Ls...>) {
+  return {{{Ls, RowTile<T, Ls>::THREADS, static_cast<int>(RowTile<T, Ls>::kSmemBytes)}...}};
+}
+
+template <typename T>
+using SinglePassLs = std::make_integer_sequence<int, max_single_pass_log2<T>() + 1>;
+
+#define HADAMARD_KERNELS_MANIFEST(T, NAME) \
+  __device__ TileManifest<max_single_pass_log2<T>() + 1> hk_tiles_##NAME = tile_manifest<T>(SinglePassLs<T>{});
+
+HADAMARD_KERNELS_MANIFEST(float, f32)
+HADAMARD_KERNELS_MANIFEST(double, f64)
+HADAMARD_KERNELS_MANIFEST(__half, f16)
+HADAMARD_KERNELS_MANIFEST(__nv_bfloat16, bf16)
+
+#undef HADAMARD_KERNELS_MANIFEST
 
 }  // namespace cuda
 }  // namespace hadamard_kernels
