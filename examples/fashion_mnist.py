@@ -13,8 +13,9 @@ on the full test set. Experiments (``--experiments``, default all):
   ddp    2-process DistributedDataParallel (gloo, CPU): accuracy, replicas in sync, and
          the gradient bytes all-reduced per step, measured, also for an ImageNet-sized head
 
-Writes results.json, results.md and PNG plots to --out-dir. The defaults reproduce the
-committed run in examples/results/ (see examples/README.md).
+Writes results.json, results.md and PNG plots to a new folder examples/runs/<UTC time>/
+(git-ignored), or to --out-dir; --committed writes to examples/results/, the committed
+run, which the defaults reproduce (see examples/README.md).
 """
 
 from __future__ import annotations
@@ -40,21 +41,31 @@ from fixed_classifier.train import RunConfig, pick_device, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("main", "alpha", "cgtn", "ddp")
+#: The committed run (written only with --committed) and the git-ignored folder of new runs.
+COMMITTED_DIR = REPO / "examples" / "results"
+RUNS_DIR = REPO / "examples" / "runs"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default after its help."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
-    p.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
-    p.add_argument("--models", nargs="+", choices=MODELS[:2], default=["cnn", "mlp"])
-    p.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS),
+                   help="experiments to run (see below)")
+    p.add_argument("--models", nargs="+", choices=MODELS[:2], default=["cnn", "mlp"],
+                   help="bodies of the main experiment")
+    p.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS),
+                   help="heads of the main experiment")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs of every run")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
     p.add_argument("--lr", type=float, default=0.05, help="SGD (Nesterov) learning rate, cosine-decayed to 0")
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--features", type=int, default=128, help="N: width of the feature layer before the head")
     p.add_argument("--alphas", nargs="+", type=float, default=[0.1, 1.0, 10.0], help="fixed alphas of the sweep")
     p.add_argument("--no-negative-alphas", action="store_true",
@@ -66,24 +77,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-cgtn-variants", action="store_true",
                    help="C > N experiment: skip the no-ReLU variant and the C <= N control")
     p.add_argument("--cgtn-model", choices=MODELS[:2], default="cnn", help="model of the C > N experiment")
-    p.add_argument("--ddp-model", choices=MODELS[:2], default="cnn")
-    p.add_argument("--ddp-world-size", type=int, default=2)
-    p.add_argument("--ddp-epochs", type=int, default=None, help="default: --epochs")
+    p.add_argument("--ddp-model", choices=MODELS[:2], default="cnn", help="model of the DDP experiment")
+    p.add_argument("--ddp-world-size", type=int, default=2, help="DDP processes (gloo, CPU)")
+    p.add_argument("--ddp-epochs", type=int, default=None, help="epochs of the DDP runs, None for --epochs")
     p.add_argument("--probe-classes", type=int, default=1000, help="C of the communication-only DDP probe")
     p.add_argument("--probe-features", type=int, default=2048, help="N of the communication-only DDP probe")
-    p.add_argument("--probe-steps", type=int, default=20)
+    p.add_argument("--probe-steps", type=int, default=20, help="steps of the communication-only DDP probe")
     p.add_argument("--train-subset", type=int, default=None, help="train on a random subset (smoke tests)")
     p.add_argument("--test-subset", type=int, default=None, help="test on a random subset (smoke tests)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                    help="folder of the four Fashion-MNIST idx(.gz) files (default: %(default)s, "
                         "installed by Debian's dataset-fashion-mnist)")
-    p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out-dir", type=Path, default=None,
+                     help=f"output folder, None for a new folder {_relative(RUNS_DIR)}/<UTC time>/ (git-ignored)")
+    out.add_argument("--committed", action="store_true",
+                     help=f"write to {_relative(COMMITTED_DIR)}/, the committed run, replacing its files")
     p.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads, None for torch's choice")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--render-only", action="store_true",
-                   help="train nothing: rewrite results.md and the plots from --out-dir/results.json")
-    return p.parse_args(argv)
+                   help="train nothing: rewrite results.md and the plots from results.json in --out-dir "
+                        "(or with --committed)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def resolve_out_dir(args: argparse.Namespace) -> Path:
+    """--out-dir, the committed folder with --committed, else a new folder under RUNS_DIR
+    named by the UTC time (with a suffix if a run of the same second has it already)."""
+    if args.out_dir is not None:
+        return args.out_dir
+    if args.committed:
+        return COMMITTED_DIR
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path, k = RUNS_DIR / stamp, 1
+    while path.exists():
+        path, k = RUNS_DIR / f"{stamp}-{k}", k + 1
+    return path
 
 
 # ---------------------------------------------------------------------------------------
@@ -336,8 +370,13 @@ def write_plots(results: dict, out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render_only:
-        render(json.loads((args.out_dir / "results.json").read_text()), args.out_dir)
+        if args.out_dir is None and not args.committed:
+            print("error: --render-only needs --out-dir DIR or --committed (the run to redraw)", file=sys.stderr)
+            return 2
+        out_dir = resolve_out_dir(args)
+        render(json.loads((out_dir / "results.json").read_text()), out_dir)
         return 0
+    args.out_dir = resolve_out_dir(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -349,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     train, test = train.subset(args.train_subset, seed=1), test.subset(args.test_subset, seed=2)
     results: dict = {
         "environment": environment(device, args),
-        "config": {**{k: v for k, v in vars(args).items() if k not in ("data_dir", "out_dir")},
+        "config": {**{k: v for k, v in vars(args).items() if k not in ("data_dir", "out_dir", "committed")},
                    "train_size": len(train), "test_size": len(test)},
     }
     print(f"{results['environment']['device']}, torch {torch.__version__}, {torch.get_num_threads()} threads; "

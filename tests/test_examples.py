@@ -42,6 +42,47 @@ def test_help_describes_the_experiments(capsys):
         assert option in out
 
 
+def test_every_option_has_help_with_its_default():
+    parser = fashion_mnist.build_parser()
+    formatter = parser.formatter_class(prog="fashion_mnist.py")
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, f"{action.option_strings} has no help text"
+        assert "%(default)" in formatter._get_help_string(action), f"{action.option_strings} hides its default"
+    assert "(default: 5)" in parser.format_help()  # --epochs
+
+
+def test_default_output_is_a_fresh_ignored_folder():
+    # A trial run must never overwrite the committed results in examples/results/.
+    first = fashion_mnist.resolve_out_dir(fashion_mnist.parse_args([]))
+    assert first.parent == REPO / "examples" / "runs" and not first.exists()
+    ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", str(first / "results.json")])
+    assert ignored.returncode == 0, "examples/runs/ is not git-ignored"
+
+
+def test_default_output_never_reuses_a_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "RUNS_DIR", tmp_path)
+    first = fashion_mnist.resolve_out_dir(fashion_mnist.parse_args([]))
+    first.mkdir()
+    second = fashion_mnist.resolve_out_dir(fashion_mnist.parse_args([]))
+    assert second != first and not second.exists()
+
+
+def test_committed_folder_only_when_asked(capsys):
+    args = fashion_mnist.parse_args(["--committed"])
+    assert fashion_mnist.resolve_out_dir(args) == REPO / "examples" / "results"
+    assert fashion_mnist.resolve_out_dir(fashion_mnist.parse_args(["--out-dir", "x"])) == Path("x")
+    with pytest.raises(SystemExit):
+        fashion_mnist.parse_args(["--committed", "--out-dir", "x"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_render_only_needs_a_folder(capsys):
+    assert fashion_mnist.main(["--render-only"]) == 2
+    assert "--render-only needs --out-dir DIR or --committed" in capsys.readouterr().err
+
+
 def test_missing_dataset_says_how_to_install(tmp_path):
     with pytest.raises(DatasetMissingError, match="apt-get install -y dataset-fashion-mnist"):
         load_fashion_mnist(tmp_path)
