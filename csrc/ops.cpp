@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -206,11 +207,41 @@ at::Tensor hadamard_transform_cpu(const at::Tensor& x, int64_t out_features, dou
   return out;
 }
 
-// Inverse norm used by the classifier: 1 / max(||x||, eps), or 1 without normalisation.
+// The norm without overflow or underflow. The kernels sum the squares of a row in acc_t
+// as they load it; a sum in [kSafeLow, max] is accurate (the squares lost to underflow,
+// < min() each and at most kMaxM of them, are below its rounding) and the transform of the
+// row cannot have overflowed (|entries| <= ||x|| sqrt(M)). Any other row (||x|| above about
+// 1.8e19 or below about 3e-13 for float) is rescaled by 2^k, exactly, so that its largest
+// entry lies in [1, 2) (LAPACK's nrm2 does the same with one pass), and recomputed. Zero
+// rows and finite rows of normal size, i.e. nearly all of them, take the fast path.
 template <typename acc_t>
-inline acc_t inv_norm(acc_t sumsq, bool normalize, double eps) {
-  if (!normalize) return acc_t(1);
-  return acc_t(1) / std::max(std::sqrt(sumsq), static_cast<acc_t>(eps));
+inline bool sumsq_is_safe(acc_t sumsq) {
+  constexpr acc_t kSafeLow =
+      std::numeric_limits<acc_t>::min() / std::numeric_limits<acc_t>::epsilon() * static_cast<acc_t>(kMaxM);
+  return sumsq >= kSafeLow && sumsq <= std::numeric_limits<acc_t>::max();
+}
+
+// The k with max|v| * 2^k in [1, 2) for the n entries v[i * stride]; 0 when they are all
+// zero or any is not finite (inf / NaN inputs give inf / NaN results as they are).
+template <typename scalar_t>
+inline int rescale_exponent(const scalar_t* v, int64_t stride, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t amax = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t a = std::abs(static_cast<acc_t>(v[i * stride]));
+    if (!(a <= std::numeric_limits<acc_t>::max())) return 0;
+    amax = std::max(amax, a);
+  }
+  return amax > 0 ? -std::ilogb(amax) : 0;
+}
+
+// 1 / max(||x||, eps) for a row whose entries were multiplied by 2^k, sumsq being the sum
+// of their squares, as the factor on those scaled entries; in double, since 2^-k sqrt(sumsq)
+// may lie outside acc_t's range. 0 for a zero row (x_hat = 0 for any eps).
+inline double scaled_inv_norm(double sumsq, int k, double eps) {
+  if (sumsq == 0) return 0;
+  const double norm = std::sqrt(sumsq);
+  return norm >= std::ldexp(eps, k) ? 1 / norm : std::ldexp(1 / eps, -k);
 }
 
 template <typename scalar_t>
@@ -220,14 +251,23 @@ void classifier_forward_kernel(const scalar_t* x, const scalar_t* bias, scalar_t
   const TransformParams& p = cp.t;
   const acc_t alpha = static_cast<acc_t>(p.scale);
   const int64_t t = reduced_size(p.in_features, p.out_features);
+  const int64_t n = p.in_features;
   at::parallel_for(0, p.rows, grain_rows(std::max(p.in_features, p.out_features)), [&](int64_t begin, int64_t end) {
     RowBuffer<acc_t> row(t);
     acc_t* buf = row.get();
+    std::unique_ptr<RowBuffer<acc_t>> scaled;  // a rescaled row, allocated on first need
     for (int64_t r = begin; r < end; ++r) {
-      const acc_t sumsq =
-          load_folded<scalar_t, acc_t, true>(x + r * p.x_row_stride, p.x_col_stride, p.in_features, buf, t);
+      const scalar_t* xr = x + r * p.x_row_stride;
+      acc_t sumsq = load_folded<scalar_t, acc_t, true>(xr, p.x_col_stride, n, buf, t);
+      int k = 0;
+      if (cp.normalize && !sumsq_is_safe(sumsq) && (k = rescale_exponent(xr, p.x_col_stride, n)) != 0) {
+        if (!scaled) scaled = std::make_unique<RowBuffer<acc_t>>(n);
+        acc_t* s = scaled->get();
+        for (int64_t i = 0; i < n; ++i) s[i] = std::ldexp(static_cast<acc_t>(xr[i * p.x_col_stride]), k);
+        sumsq = load_folded<acc_t, acc_t, true>(s, 1, n, buf, t);
+      }
       cpu::fwht_row(buf, buf, t, acc_t(1));
-      const acc_t a = alpha * inv_norm(sumsq, cp.normalize, cp.eps);
+      const acc_t a = cp.normalize ? static_cast<acc_t>(p.scale * scaled_inv_norm(sumsq, k, cp.eps)) : alpha;
       store_repeated<scalar_t, acc_t>(buf, t, a, bias, y + r * p.out_row_stride, p.out_features);
     }
   });
@@ -263,24 +303,30 @@ inline acc_t classifier_backward_row(const scalar_t* g, int64_t g_stride, const 
   cpu::fwht_row(u, u, t, acc_t(1));
   for (int64_t base = t; base < n; base += t)  // u[:N] = H_M[:N, :C] @ g, period t
     std::copy(u, u + std::min(t, n - base), u + base);
-  const acc_t sumsq = load_folded<scalar_t, acc_t, true>(x, x_stride, n, xr, n);
-  const acc_t ux = dot(u, xr, n);
+  acc_t sumsq = load_folded<scalar_t, acc_t, true>(x, x_stride, n, xr, n);
   if (!cp.normalize) {
     for (int64_t i = 0; i < n; ++i) gx[i] = static_cast<scalar_t>(alpha * u[i]);
-    return ux;
+    return dot(u, xr, n);
   }
-  const acc_t norm = std::sqrt(sumsq);
-  const acc_t eps = static_cast<acc_t>(cp.eps);
-  if (norm >= eps) {
+  // xr <- 2^k x where the sum of squares left its safe range (see sumsq_is_safe).
+  int k = 0;
+  if (!sumsq_is_safe(sumsq) && (k = rescale_exponent(xr, 1, n)) != 0) {
+    for (int64_t i = 0; i < n; ++i) xr[i] = std::ldexp(xr[i], k);
+    sumsq = dot(xr, xr, n);
+  }
+  const acc_t ux = dot(u, xr, n);  // 2^k u . x
+  const double norm = std::sqrt(static_cast<double>(sumsq));  // 2^k ||x||
+  if (sumsq > 0 && norm >= std::ldexp(cp.eps, k)) {
     // d x_hat / d x = (I - x_hat x_hat^T) / ||x||
-    const acc_t a = alpha / norm;
-    const acc_t b = ux / (norm * norm);
+    const acc_t a = static_cast<acc_t>(std::ldexp(static_cast<double>(alpha) / norm, k));
+    const acc_t b = static_cast<acc_t>(ux / (norm * norm));
     for (int64_t i = 0; i < n; ++i) gx[i] = static_cast<scalar_t>(a * (u[i] - xr[i] * b));
-    return ux / norm;
+    return static_cast<acc_t>(ux / norm);
   }
   // The norm is clamped to eps: x_hat = x / eps is linear in x.
-  for (int64_t i = 0; i < n; ++i) gx[i] = static_cast<scalar_t>(alpha / eps * u[i]);
-  return ux / eps;
+  const acc_t a = static_cast<acc_t>(alpha / cp.eps);
+  for (int64_t i = 0; i < n; ++i) gx[i] = static_cast<scalar_t>(a * u[i]);
+  return static_cast<acc_t>(std::ldexp(static_cast<double>(ux), -k) / cp.eps);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cpu(

@@ -122,6 +122,20 @@ def _check_size(n: int, out_features: int, op: str) -> None:
         )
 
 
+def _check_eps(eps: float, dtype: torch.dtype, op: str) -> None:
+    """eps > 0, and 1 / eps finite in the accumulator (float64 for float64 x, else float32):
+    a smaller eps would turn the zero row's x / max(||x||, eps) into 0 * inf = NaN."""
+    if not eps > 0:
+        raise ValueError(f"{op}: eps must be > 0, got {eps}")
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    largest = torch.finfo(acc).max
+    if eps * largest < 1.0:
+        raise ValueError(
+            f"{op}: eps must be >= {1.0 / largest:.3g} for {dtype} x (1 / eps must be finite in the "
+            f"{str(acc).removeprefix('torch.')} accumulator), got eps={eps!r}"
+        )
+
+
 def fwht(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torch.Tensor:
     """Fast Walsh-Hadamard transform over the last dimension.
 
@@ -174,7 +188,10 @@ def hadamard_classifier(
             on x's device (a Python float is taken as a constant).
         bias: None or a tensor of shape (C,) on x's device (cast to x's dtype).
         normalize: divide each row by its L2 norm first (the paper's practice).
-        eps: lower bound of the norm, as in ``F.normalize``.
+        eps: lower bound of the norm, as in ``F.normalize``; at least 1 / the largest
+            value of the accumulator (2.94e-39 for float32 / float16 / bfloat16 x, 5.56e-309
+            for float64), so that 1 / eps is finite. The norm itself is computed without
+            overflow or underflow wherever the result is finite.
         backend: "auto" or one of ``available_backends(x.device)``.
 
     Gradients flow to x, scale and bias.
@@ -189,8 +206,7 @@ def hadamard_classifier(
     if n < 1:
         raise ValueError(f"{op}: x must have at least one feature, got shape {tuple(x.shape)}")
     _check_size(n, num_classes, op)
-    if not eps > 0:
-        raise ValueError(f"{op}: eps must be > 0, got {eps}")
+    _check_eps(eps, x.dtype, op)
     if isinstance(scale, numbers.Real) and not isinstance(scale, bool):
         # float64 x keeps a float64 scale: float32 would round it (1e-8 relative error).
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32

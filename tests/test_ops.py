@@ -220,6 +220,55 @@ def test_classifier_zero_row_forward(backend):
     assert torch.equal(y[1], bias)
 
 
+# Magnitudes whose squares leave the accumulator's range: 3e38 overflows float32 when
+# squared, 1e-40 (subnormal) underflows, 6e4 is near float16's largest value.
+EXTREMES = [(3e38, torch.float32), (1e-40, torch.float32), (6e4, torch.float16)]
+
+
+@pytest.mark.parametrize("case", [(16, 4), (16, 16), (100, 10), (8, 20)], ids=nc_id)
+@pytest.mark.parametrize("value,dtype", EXTREMES, ids=lambda v: v if isinstance(v, float) else dtype_id(v))
+@pytest.mark.parametrize("backend", ["cpu"])
+def test_classifier_extreme_magnitudes(backend, value, dtype, case):
+    n, c = case
+    x = (value * (0.5 + 0.5 * torch.rand(3, n)) * torch.randn(3, n).sign()).to(dtype)
+    x[2] = value  # a constant row: every square at the extreme
+    scale, bias = scale_for(dtype), torch.randn(c, dtype=scale_for(dtype).dtype)
+    y = hk.hadamard_classifier(x, c, scale, bias.to(dtype), backend=backend)
+    ref = R.hadamard_classifier_reference(x.double(), c, scale.double(), bias.to(dtype).double())
+    assert torch.isfinite(y).all() and rel_err(y, ref) <= RTOL[dtype]
+    g = upstream_grad(x, c)
+    got, want = classifier_grads(x, c, scale, bias, g, backend=backend)
+    for gv, wv in zip(got, want):
+        assert torch.isfinite(gv).all() and rel_err(gv, wv) <= RTOL[dtype]
+
+
+def test_classifier_issue_overflow_example():
+    y = hk.hadamard_classifier(torch.full((1, 16), 3e38), 4, 1.0, backend="cpu")
+    assert rel_err(y, R.hadamard_classifier_reference(torch.full((1, 16), 3e38, dtype=torch.float64), 4, 1.0)) <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=dtype_id)
+def test_direct_op_zero_row_with_tiny_eps(dtype):
+    # Below the Python op's bound on eps: the C++ kernel still gives the bias, not 0 * inf.
+    x = torch.randn(3, 8, dtype=dtype)
+    x[1] = 0
+    bias = torch.randn(10, dtype=dtype)
+    y = ops.classifier_forward(x, torch.tensor(2.0), bias, 10, True, 1e-300)
+    assert torch.equal(y[1], bias)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_classifier_smallest_eps(backend):
+    # The smallest eps allowed for float32 x: 1 / eps is still finite in float32.
+    x = torch.randn(3, 8)
+    x[1] = 0
+    bias = torch.randn(10)
+    y = hk.hadamard_classifier(x, 10, 2.0, bias, eps=2.94e-39, backend=backend)
+    assert torch.equal(y[1], bias)
+    ref = R.hadamard_classifier_reference(x.double(), 10, 2.0, bias.double())
+    assert rel_err(y, ref) <= RTOL[torch.float32]
+
+
 def test_classifier_bias_cast_to_x_dtype():
     x = torch.randn(4, 16, dtype=torch.float16)
     bias = torch.randn(10, dtype=torch.float64)
@@ -738,6 +787,25 @@ def test_classifier_device_mismatch_cuda(cuda_device):
 def test_classifier_bad_eps(eps):
     with pytest.raises(ValueError, match="eps must be > 0"):
         hk.hadamard_classifier(torch.randn(2, 4), 3, 1.0, eps=eps)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=dtype_id)
+def test_classifier_eps_below_accumulator_range(dtype, backend):
+    # 1 / eps must be finite in the float32 accumulator of these dtypes.
+    match = r"hadamard_classifier: eps must be >= 2\.94e-39 .*float32 accumulator.*got eps=1e-40"
+    with pytest.raises(ValueError, match=match):
+        hk.hadamard_classifier(torch.randn(2, 4, dtype=dtype), 3, 1.0, eps=1e-40, backend=backend)
+
+
+def test_classifier_tiny_eps_float64():
+    # float64 accumulates in float64: eps = 1e-40 is fine there.
+    x = torch.randn(3, 8, dtype=torch.float64)
+    x[1] = 0
+    y = hk.hadamard_classifier(x, 10, 2.0, eps=1e-40, backend="cpu")
+    assert torch.equal(y[1], torch.zeros(10, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"eps must be >= 5\.56e-309"):
+        hk.hadamard_classifier(x, 10, 2.0, eps=1e-310, backend="cpu")
 
 
 def test_sizes_over_maximum():
