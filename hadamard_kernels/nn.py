@@ -4,14 +4,38 @@ last ``nn.Linear`` of a classifier that learn only a scale and a bias."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import ops, reference
 from .ops import hadamard_classifier
 
 __all__ = ["HadamardClassifier", "OrthogonalClassifier"]
+
+
+def _got(value: object) -> str:
+    """The value and its type as error messages show them: 10.5 (float), None."""
+    return "None" if value is None else f"{value!r} ({type(value).__name__})"
+
+
+def _check_int(name: str, arg: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: {arg} must be an int, got {_got(value)}")
+    if value < low:
+        raise ValueError(f"{name}: {arg} must be >= {low}, got {value}")
+
+
+def _check_bool(name: str, arg: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: {arg} must be a bool, got {_got(value)}")
+
+
+def _check_real(name: str, arg: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: {arg} must be a real number, got {_got(value)}")
 
 
 class _FixedClassifier(nn.Module):
@@ -31,10 +55,21 @@ class _FixedClassifier(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        if in_features < 1:
-            raise ValueError(f"{name}: in_features must be >= 1, got {in_features}")
-        if num_classes < 1:
-            raise ValueError(f"{name}: num_classes must be >= 1, got {num_classes}")
+        _check_int(name, "in_features", in_features, 1)
+        _check_int(name, "num_classes", num_classes, 1)
+        _check_bool(name, "bias", bias)
+        _check_real(name, "init_scale", init_scale)
+        if not math.isfinite(init_scale):
+            raise ValueError(f"{name}: init_scale must be finite, got {init_scale}")
+        _check_bool(name, "learn_scale", learn_scale)
+        _check_bool(name, "normalize", normalize)
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or dtype not in ops._FLOAT_DTYPES):
+            raise TypeError(
+                f"{name}: dtype must be a floating-point dtype (float32, float64, float16, bfloat16) "
+                f"or None, got {dtype}"
+            )
+        _check_real(name, "eps", eps)
+        ops._check_eps(eps, dtype or torch.get_default_dtype(), name)
         self.in_features = in_features
         self.num_classes = num_classes
         self.normalize = normalize
@@ -91,7 +126,20 @@ class HadamardClassifier(_FixedClassifier):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if init_scale is None:
+        name = type(self).__name__
+        if isinstance(num_classes, numbers.Integral) and isinstance(in_features, numbers.Integral):
+            m = reference.next_pow2(max(in_features, num_classes))
+            if m > ops.MAX_FEATURES:
+                raise ValueError(
+                    f"{name}: transform size next_pow2(max(in_features, num_classes)) = {m} exceeds "
+                    f"the supported maximum {ops.MAX_FEATURES} (2^20); got in_features={in_features}, "
+                    f"num_classes={num_classes}"
+                )
+        if not isinstance(backend, str):
+            raise TypeError(f"{name}: backend must be a str, got {_got(backend)}")
+        if backend != "auto" and backend not in ops.BACKENDS:
+            raise ValueError(f"{name}: backend must be 'auto' or one of {ops.BACKENDS}, got {backend!r}")
+        if init_scale is None and isinstance(num_classes, numbers.Integral):
             init_scale = -1.0 / math.sqrt(max(num_classes, 1))
         super().__init__(in_features, num_classes, bias, init_scale, learn_scale, normalize, eps, device, dtype)
         self.backend = backend
@@ -147,6 +195,8 @@ class OrthogonalClassifier(_FixedClassifier):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(in_features, num_classes, bias, init_scale, learn_scale, normalize, eps, device, dtype)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"OrthogonalClassifier: seed must be an int, got {_got(seed)}")
         self.seed = seed
         weight = _orthonormal(in_features, num_classes, seed)
         self.register_buffer("weight", weight.to(device=device, dtype=dtype or torch.get_default_dtype()))

@@ -203,6 +203,53 @@ def test_bad_sizes(cls, n, c, match):
         cls(n, c)
 
 
+# Constructor arguments are validated at construction, not at the first forward.
+BAD_ARGS = [
+    ({"num_classes": 10.5}, TypeError, r"num_classes must be an int, got 10\.5 \(float\)"),
+    ({"in_features": 16.0}, TypeError, r"in_features must be an int, got 16\.0 \(float\)"),
+    ({"num_classes": True}, TypeError, r"num_classes must be an int, got True \(bool\)"),
+    ({"in_features": -3}, ValueError, r"in_features must be >= 1, got -3"),
+    ({"bias": "yes"}, TypeError, r"bias must be a bool, got 'yes' \(str\)"),
+    ({"learn_scale": 1}, TypeError, r"learn_scale must be a bool, got 1 \(int\)"),
+    ({"normalize": None}, TypeError, r"normalize must be a bool, got None"),
+    ({"init_scale": "1"}, TypeError, r"init_scale must be a real number, got '1' \(str\)"),
+    ({"init_scale": float("nan")}, ValueError, r"init_scale must be finite, got nan"),
+    ({"eps": 0.0}, ValueError, r"eps must be > 0, got 0\.0"),
+    ({"eps": 1e-40}, ValueError, r"eps must be >= 2\.94e-39 for torch\.float32"),
+    ({"eps": "small"}, TypeError, r"eps must be a real number, got 'small' \(str\)"),
+    ({"dtype": torch.int64}, TypeError, r"dtype must be a floating-point dtype.*got torch\.int64"),
+]
+
+
+@pytest.mark.parametrize("cls", HEADS, ids=head_id)
+@pytest.mark.parametrize("kwargs,exc,match", BAD_ARGS, ids=lambda v: str(v) if isinstance(v, dict) else "")
+def test_constructor_rejects_bad_arguments(cls, kwargs, exc, match):
+    args = {"in_features": 16, "num_classes": 10, **kwargs}
+    with pytest.raises(exc, match=rf"^{cls.__name__}: {match}"):
+        cls(**args)
+
+
+@pytest.mark.parametrize("n,c", [(2**21, 10), (10, 2**20 + 1)], ids=lambda v: str(v))
+def test_hadamard_constructor_rejects_oversize(n, c):
+    with pytest.raises(ValueError, match=r"HadamardClassifier: transform size next_pow2\(max\(in_features, num_classes\)\) = \d+ exceeds the supported maximum 1048576"):
+        HadamardClassifier(n, c)
+
+
+@pytest.mark.parametrize("backend,exc,match", [
+    ("nonsense", ValueError, r"backend must be 'auto' or one of \('cuda', 'triton', 'cpu', 'reference'\), got 'nonsense'"),
+    (None, TypeError, r"backend must be a str, got None"),
+])  # fmt: skip
+def test_hadamard_constructor_rejects_bad_backend(backend, exc, match):
+    with pytest.raises(exc, match=rf"^HadamardClassifier: {match}"):
+        HadamardClassifier(16, 10, backend=backend)
+
+
+@pytest.mark.parametrize("seed", [1.5, "0", None], ids=["float", "str", "none"])
+def test_orthogonal_constructor_rejects_bad_seed(seed):
+    with pytest.raises(TypeError, match=r"^OrthogonalClassifier: seed must be an int, got"):
+        OrthogonalClassifier(16, 10, seed=seed)
+
+
 @pytest.mark.parametrize("cls", HEADS, ids=head_id)
 @pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "raw"])
 def test_gradients_match_formula(cls, normalize):
@@ -260,7 +307,7 @@ def test_hadamard_backend_argument(backend):
     x = torch.randn(5, 24)
     assert rel_err(head(x), dense_forward(head, x)) <= RTOL[torch.float32]
     with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
-        HadamardClassifier(24, 10, backend="nope")(x)
+        HadamardClassifier(24, 10, backend="nope")
 
 
 @pytest.mark.slow
