@@ -1,5 +1,7 @@
 """Shared test configuration: devices, dtypes, tolerances, error measure, input layouts.
 
+The standards these tests hold the code to are in docs/DESIGN.md.
+
 TRITON_INTERPRET must be set before any @triton.jit kernel is decorated, i.e. before
 hadamard_kernels is imported: without a GPU the Triton kernels run in the interpreter.
 """
@@ -16,7 +18,8 @@ import pytest  # noqa: E402
 
 import hadamard_kernels  # noqa: E402,F401
 
-#: Relative-error bounds ||out - ref|| / ||ref|| against the float64 reference (DESIGN.md).
+#: Relative-error bounds ||out - ref|| / ||ref|| against the float64 reference (docs/DESIGN.md,
+#: "Correctness standard").
 #: Half types: 1e-2 (storage rounding of inputs and outputs, fp32 accumulation).
 RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
