@@ -298,7 +298,7 @@ def classifier_backward_outputs(grad_y: torch.Tensor, x: torch.Tensor, scale: to
 #   Its backward is again an op with registered autograd, so higher orders work too.
 # classifier_forward: one fused backward op (formulas in csrc/hadamard.h) for a plain
 #   backward. When the backward itself is differentiated (create_graph=True: gradient
-#   penalties, gradgradcheck, torch.func.grad of grad), the same formulas are written with
+#   penalties, gradgradcheck), the same formulas are written with
 #   differentiable torch ops around the transform op instead, so every order is exact.
 #   The fused backward op has no derivative of its own: differentiating it raises.
 
