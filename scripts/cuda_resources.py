@@ -337,8 +337,8 @@ def _git(*args: str) -> str:
 
 def provenance(nvcc_version: str) -> dict[str, str]:
     commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-    if _git("status", "--porcelain", "--", "csrc"):
-        commit += " + uncommitted changes in csrc/"
+    if _git("status", "--porcelain", "--", "csrc/cuda", "csrc/hadamard.h"):
+        commit += " + uncommitted changes in csrc/cuda"
     return {
         "arch": "sm_90",
         "nvcc": nvcc_version,
