@@ -129,6 +129,43 @@ def _div(a, b):
 
 
 @triton.jit
+def _pow2(k, dtype: tl.constexpr):
+    """2.0 ** k in ``dtype`` for an int32 tensor k in its normal exponent range, from the bits."""
+    if dtype == tl.float64:
+        return ((k.to(tl.int64) + 1023) << 52).to(tl.float64, bitcast=True)
+    else:
+        return ((k + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _ldexp(x, k):
+    """x * 2 ** k for int32 k (broadcast against x) up to twice the exponent range of x's
+    dtype, in two multiplications by powers of two: exact wherever the result is normal."""
+    half = k >> 1
+    return x * _pow2(half, x.dtype) * _pow2(k - half, x.dtype)
+
+
+@triton.jit
+def _shift_to_one(m):
+    """The int32 k with m * 2 ** k in [1, 2) for finite m > 0 (read from the exponent bits
+    of m in float64, where every float32 is normal), 0 for m = 0, inf or NaN."""
+    m = m.to(tl.float64)
+    exponent = ((m.to(tl.int64, bitcast=True) >> 52) & 0x7FF).to(tl.int32) - 1023
+    return tl.where((m > 0) & (m - m == 0), -exponent, 0)
+
+
+@triton.jit
+def _needs_rescale(sumsq, valid):
+    """Rows whose sum of squares over- or underflowed ACC, to be redone with x * 2^shift.
+    Below 2^-100 (fp32) or 2^-900 (fp64) squares of entries may have been flushed; after an
+    overflow the fold and the butterfly may have overflowed too; NaN rows come along."""
+    if sumsq.dtype == tl.float64:
+        return valid & ~((sumsq >= 2.0**-900) & (sumsq - sumsq == 0))
+    else:
+        return valid & ~((sumsq >= 2.0**-100) & (sumsq - sumsq == 0))
+
+
+@triton.jit
 def _fold(tile, BLOCK_T: tl.constexpr):
     """[ROWS, CHUNK] -> [ROWS, BLOCK_T]: the sum of the tile's CHUNK / BLOCK_T column blocks."""
     ROWS: tl.constexpr = tile.shape[0]
@@ -231,13 +268,37 @@ def _classifier_forward_kernel(
         if NORMALIZE:
             sumsq += tl.sum(x * x, axis=1)
         acc += _fold(x, BLOCK_T)
-    alpha = tl.load(scale_ptr).to(ACC)
+    alpha = tl.load(scale_ptr)
     if NORMALIZE:
-        norm = tl.maximum(_sqrt(sumsq), _scalar(eps_hi, eps_lo, ACC))
-        a = _div(tl.full([ROWS], 1.0, ACC), norm) * alpha  # alpha / max(||x||, eps)
+        # Rows whose squares over- or underflowed are folded again as x * 2^shift, the power
+        # of two that brings max|x| into [1, 2) (exact); then ||x|| = sqrt(sumsq) * 2^-shift.
+        shift = tl.zeros((ROWS,), tl.int32)
+        redo = _needs_rescale(sumsq, r < rows)
+        if tl.max(redo.to(tl.int32), axis=0) > 0:
+            m = tl.zeros((ROWS,), ACC)
+            for k in range(0, in_features, IN_CHUNK):
+                c = k + tl.arange(0, IN_CHUNK).to(tl.int64)
+                mask = row_ok & (c < in_features)[None, :]
+                x = tl.load(x_rows + c[None, :] * x_col_stride, mask=mask, other=0.0).to(ACC)
+                m = tl.maximum(m, tl.max(tl.abs(x), axis=1))
+            shift = tl.where(redo, _shift_to_one(m), 0)
+            acc = tl.zeros((ROWS, BLOCK_T), ACC)
+            sumsq = tl.zeros((ROWS,), ACC)
+            for k in range(0, in_features, IN_CHUNK):
+                c = k + tl.arange(0, IN_CHUNK).to(tl.int64)
+                mask = row_ok & (c < in_features)[None, :]
+                x = tl.load(x_rows + c[None, :] * x_col_stride, mask=mask, other=0.0).to(ACC)
+                x = _ldexp(x, shift[:, None])
+                sumsq += tl.sum(x * x, axis=1)
+                acc += _fold(x, BLOCK_T)
+        # alpha / max(||x||, eps) in the units of x * 2^shift, per row in float64 (1 / eps
+        # may overflow float32); an all-zero row gives the bias whatever eps is.
+        norm = _sqrt(sumsq).to(tl.float64)
+        eps = _ldexp(_scalar(eps_hi, eps_lo, tl.float64), shift)
+        a = tl.where(sumsq == 0, 0.0, alpha.to(tl.float64) / tl.maximum(norm, eps)).to(ACC)
         t = a[:, None] * fwht_block(acc)
     else:
-        t = alpha * fwht_block(acc)
+        t = alpha.to(ACC) * fwht_block(acc)
     t = _repeat(t, OUT_CHUNK)  # logits of classes k .. k + OUT_CHUNK, before the bias
     y_rows = y_ptr + r[:, None] * y_row_stride
     for k in range(0, num_classes, OUT_CHUNK):
@@ -299,13 +360,38 @@ def _classifier_backward_kernel(
         if NORMALIZE:
             sumsq += tl.sum(x * x, axis=1)
     if NORMALIZE:
-        eps = _scalar(eps_hi, eps_lo, ACC)
+        # As in the forward: rows whose squares over- or underflowed are redone with
+        # x * 2^shift; below, norm, ux and eps are in those units (||x|| 2^shift etc.).
+        shift = tl.zeros((ROWS,), tl.int32)
+        redo = _needs_rescale(sumsq, r < rows)
+        if tl.max(redo.to(tl.int32), axis=0) > 0:
+            m = tl.zeros((ROWS,), ACC)
+            for k in range(0, in_features, X_CHUNK):
+                c = k + tl.arange(0, X_CHUNK).to(tl.int64)
+                mask = row_ok & (c < in_features)[None, :]
+                x = tl.load(x_rows + c[None, :] * x_col_stride, mask=mask, other=0.0).to(ACC)
+                m = tl.maximum(m, tl.max(tl.abs(x), axis=1))
+            shift = tl.where(redo, _shift_to_one(m), 0)
+            ux = tl.zeros((ROWS,), ACC)
+            sumsq = tl.zeros((ROWS,), ACC)
+            for k in range(0, in_features, X_CHUNK):
+                c = k + tl.arange(0, X_CHUNK).to(tl.int64)
+                mask = row_ok & (c < in_features)[None, :]
+                x = tl.load(x_rows + c[None, :] * x_col_stride, mask=mask, other=0.0).to(ACC)
+                x = _ldexp(x, shift[:, None])
+                ux += tl.sum(u * x, axis=1)
+                sumsq += tl.sum(x * x, axis=1)
         norm = _sqrt(sumsq)
-        full = norm >= eps  # else the norm was clamped to eps: x_hat = x / eps, linear in x
-        denom = tl.where(full, norm, eps)
-        a = _div(alpha, denom)
-        b = tl.where(full, _div(ux, tl.where(full, norm * norm, 1.0)), 0.0)  # no 0/0 in padding rows
-        d_alpha = _div(ux, denom)
+        eps = _ldexp(_scalar(eps_hi, eps_lo, tl.float64), shift)  # float64: no overflow
+        full = norm.to(tl.float64) >= eps  # else the norm was clamped to eps: x_hat = x / eps
+        alpha = alpha.to(tl.float64)
+        # alpha / ||x|| in the full case, alpha / eps where clamped
+        a = tl.where(full, _ldexp(alpha / norm.to(tl.float64), shift), alpha / _scalar(eps_hi, eps_lo, tl.float64))
+        a = a.to(ACC)
+        nonzero = full & (sumsq > 0)
+        b = tl.where(nonzero, _div(ux, tl.where(nonzero, norm * norm, 1.0)), 0.0)  # no 0/0 in zero rows
+        d_alpha = tl.where(sumsq == 0, 0.0, ux.to(tl.float64) / tl.maximum(norm.to(tl.float64), eps))
+        d_alpha = d_alpha.to(ACC)
     else:
         d_alpha = ux
     gx_rows = gx_ptr + r[:, None] * gx_row_stride
@@ -314,7 +400,7 @@ def _classifier_backward_kernel(
         mask = row_ok & (c < in_features)[None, :]
         if NORMALIZE:
             x = tl.load(x_rows + c[None, :] * x_col_stride, mask=mask, other=0.0).to(ACC)
-            gx = a[:, None] * (u - x * b[:, None])
+            gx = a[:, None] * (u - _ldexp(x, shift[:, None]) * b[:, None])
         else:
             gx = alpha * u
         tl.store(gx_rows + c[None, :], gx.to(gx_ptr.dtype.element_ty), mask=mask)
@@ -336,8 +422,7 @@ def block_config(
     BLOCK_T, at most next_pow2 of the size they cover). ``live_blocks`` counts the
     ROWS x chunk blocks a kernel holds in registers at once (1 for the transform, 2 for
     the classifier kernels). With L = max(16, next_pow2(max(in, out))) and a budget of
-    B = 4096 // live_blocks accumulators per program (2048 // live_blocks for float64),
-    about 32 fp32 or 16 fp64 values per thread:
+    B = 1024 // live_blocks elements per program (8 or 4 per thread in 4 warps):
 
     =================  ===========================  =========  ==========================
     case               chunk                        ROWS       num_warps
@@ -346,18 +431,21 @@ def block_config(
     BLOCK_T > B        BLOCK_T                      1          min(32, 4 * BLOCK_T // B)
     =================  ===========================  =========  ==========================
 
-    e.g. the fp32 transform of n = 16 runs 256 rows per program, n = 256 16 rows, n = 4096
-    one row in 4 warps, n = 2^15 one row in 32 warps; the classifier with N = 512, C = 10
-    folds (4, 512) chunks onto a 16-point butterfly. Checked by compiling every entry for
-    sm_80 and sm_90 with Triton 3.6 and 3.9 and reading ``ptxas -v``: 16-byte vector
-    accesses, no register spills beyond a few bytes, except where one program must hold
-    more than the register file (BLOCK_T = 2^15 in the classifier kernels and in fp64,
-    2^14 in the fp64 classifier kernels): those run correctly but slower. Not tuned by
-    measurement (no GPU was at hand).
+    e.g. the transform of n = 16 runs 64 rows per program, n = 256 4 rows, n = 1024 one
+    row in 4 warps, n = 4096 one row in 16 warps, n >= 8192 one row in 32 warps; the
+    classifier with N = 512, C = 10 folds one row in chunks of 512 onto a 16-point
+    butterfly. The budget is what keeps every kernel at >= 25 % occupancy on sm_90 and free
+    of register spills, by scripts/triton_resources.py (compiled with Triton 3.9, table in
+    benchmarks/results/triton-resources-sm90.md): twice as many elements per program made
+    the small sizes use 160-255 registers per thread (12.5-19 % occupancy, n < 16, where
+    rows are not 16-byte aligned). The exceptions are the blocks that do not fit in the
+    registers of 1024 threads (64 each): BLOCK_T = 2^15 in the classifier kernels and in
+    fp64, 2^13-2^14 in the fp64 classifier kernels, which spill (ALLOW_LIST there). Not
+    tuned by measurement (no GPU was at hand).
     """
     block_t = max(_MIN_BLOCK, ops.reference.next_pow2(min(in_features, out_features)))
     big = max(_MIN_BLOCK, ops.reference.next_pow2(max(in_features, out_features)))
-    budget = (2048 if dtype == torch.float64 else 4096) // live_blocks
+    budget = 1024 // live_blocks
     chunk = max(block_t, min(big, budget))
     rows = max(1, budget // chunk)
     warps = 4 if chunk <= budget else min(32, 4 * chunk // budget)
