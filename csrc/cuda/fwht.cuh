@@ -256,10 +256,14 @@ __host__ __device__ constexpr TileConfig make_tile_config(int L, int t_size) {
   return c;
 }
 
-// Blocks per SM that a row-tile kernel's __launch_bounds__ promises, so that ptxas keeps it
-// at 16 resident warps (25% occupancy on sm_90, i.e. at most 128 registers a thread; tiles have
-// 256 or 512 threads). Only on the contiguous path: the strided instantiations keep the whole
-// register file (one 64-bit address per entry, see RowTile::load).
+// Blocks per SM that a row-tile kernel's __launch_bounds__ promises. Contiguous path: 16
+// resident warps (tiles have 256 or 512 threads), so ptxas keeps every tile at <= 128 registers
+// and 25% occupancy on sm_90; the classifier tiles of 2^10 - 2^14 entries took up to 234 without
+// (12.5%). ptxas takes the promise as its target and spends registers up to it, so small tiles
+// use more than their minimum (row_transform_kernel<float, float, 8, false>: 53 registers, 35
+// without, 50% instead of 75% occupancy); without any promise its heuristic spilled a few bytes
+// in half a dozen tiles. Strided instantiations: 1, the whole register file for their 64-bit
+// addresses (see RowTile::load).
 template <bool kStrided>
 __host__ __device__ constexpr int tile_min_blocks(int threads) {
   return kStrided ? 1 : cmax(1, 512 / threads);
@@ -623,10 +627,17 @@ __host__ __device__ constexpr int column_split_log2() {
 }
 
 constexpr int kColumnThreads = 256;
-constexpr int kColumnMinBlocks = 2;  // 16 warps an SM (25% occupancy): at most 128 registers
+
+// Blocks per SM promised by the split kernels' __launch_bounds__ (0: none): 2 caps them at 128
+// registers (25% occupancy; 216 without). Not asked of the others, which stay below 128 by
+// themselves: ptxas takes a promise as its target and spends registers up to it.
+template <typename A, int L2>
+__host__ __device__ constexpr int column_min_blocks() {
+  return column_split_log2<A, L2>() > 0 ? 2 : 0;
+}
 
 template <typename T, typename O, int L2, ColumnEpilogue kEpi>
-__global__ void __launch_bounds__(kColumnThreads, kColumnMinBlocks)
+__global__ void __launch_bounds__(kColumnThreads, (column_min_blocks<acc_of<T>, L2>()))
     column_transform_kernel(const ColumnArgs<T, O> p) {
   using A = acc_of<T>;
   constexpr int S = column_split_log2<A, L2>();
