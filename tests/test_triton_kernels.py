@@ -292,6 +292,7 @@ def extreme_rows(dtype, magnitude, n, device):
 # The interpreter computes with NumPy, which warns about the overflow the kernel then redoes.
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")
 @pytest.mark.parametrize("n,c", [(16, 4), (64, 4), (5, 13)], ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype,magnitude,eps,scale", EXTREMES, ids=lambda v: str(v).replace("torch.", ""))
 def test_classifier_extreme_magnitudes(device, dtype, magnitude, eps, scale, n, c):
@@ -320,6 +321,7 @@ def test_classifier_extreme_magnitudes(device, dtype, magnitude, eps, scale, n, 
 # unused branch) and about the zero row's alpha / eps overflowing float32, as intended.
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("eps", [1e-40, 1e-46], ids=lambda e: f"eps{e}")
 def test_classifier_zero_row_tiny_eps(device, dtype, eps):
