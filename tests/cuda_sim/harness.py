@@ -1,0 +1,207 @@
+"""Python side of the CPU-run CUDA harness: build the runner, run a launcher, read results.
+
+The runner (runner.cpp + sim.cpp + launchers.cpp, see README.md) is the unchanged kernel
+source of ``csrc/cuda/*.cuh`` compiled by the host C++ compiler against ``include/hk_sim.h``,
+with AddressSanitizer and UBSan. :func:`build` compiles it once per source hash into
+``build/cuda_sim/``; :func:`run` writes a request (inputs as raw storage bytes, strides,
+schedules), runs it and returns the outputs and the per-launch memory counters.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CSRC = ROOT / "csrc"
+BUILD = ROOT / "build" / "cuda_sim"
+
+#: Storage types of the kernels: torch dtype -> (runner name, kernel type, accumulator dtype).
+DTYPES = {
+    torch.float32: ("float32", "float", torch.float32),
+    torch.float64: ("float64", "double", torch.float64),
+    torch.float16: ("float16", "__half", torch.float32),
+    torch.bfloat16: ("bfloat16", "__nv_bfloat16", torch.float32),
+}
+
+CXX = os.environ.get("CXX", "g++")
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+COMMON = ["-std=c++20", "-O1", "-g", "-Wall", "-Wextra", "-Werror", *SANITIZE]
+# Kernel code: AddressSanitizer's checks as calls (wrapped by sim.cpp to see every access),
+# no auto-vectorisation (the counters must see the accesses the source makes).
+KERNEL = [
+    "--param", "asan-instrumentation-with-call-threshold=0",
+    "-fno-tree-vectorize", "-fno-tree-slp-vectorize",
+    "-Wno-unknown-pragmas", "-Wno-class-memaccess",
+]  # fmt: skip
+WRAPPED = [f"__asan_{k}{n}" for k in ("load", "store") for n in ("1", "2", "4", "8", "16", "N")]
+ENV = {"ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
+
+
+def _digest(cuda_dir: Path, tags: tuple[str, ...]) -> str:
+    h = hashlib.sha256(" ".join([CXX, *COMMON, *KERNEL, *tags]).encode())
+    for d in (HERE, HERE / "include", cuda_dir, cuda_dir.parent):
+        for p in sorted(d.glob("*")):
+            if p.suffix in {".h", ".cuh", ".cpp"}:
+                h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build(cuda_dir: Path = CSRC / "cuda", dtypes: tuple[torch.dtype, ...] = tuple(DTYPES)) -> Path:
+    """Compile the runner for the kernels in ``cuda_dir`` (whose parent holds hadamard.h);
+    returns its path. Cached by the hash of every source; the launchers of ``dtypes`` only
+    (the others fail at run time). Two compiler jobs at a time."""
+    tags = tuple(DTYPES[d][0] for d in dtypes)
+    out = BUILD / _digest(cuda_dir, tags)
+    exe = out / "runner"
+    if exe.exists():
+        return exe
+    tmp = Path(tempfile.mkdtemp(prefix="build-", dir=BUILD.mkdir(parents=True, exist_ok=True) or BUILD))
+    inc = ["-I", str(HERE), "-I", str(HERE / "include"), "-I", str(cuda_dir), "-I", str(cuda_dir.parent)]
+    # The runtime itself: optimised and without AddressSanitizer's checks (it is the checker;
+    # its fiber switches tell AddressSanitizer about the stacks).
+    jobs = [[CXX, *COMMON, "-O2", "-fno-sanitize=address", "-I", str(HERE), "-c", str(HERE / "sim.cpp"),
+             "-o", str(tmp / "sim.o")],
+            [CXX, *COMMON, "-I", str(HERE), "-c", str(HERE / "runner.cpp"), "-o", str(tmp / "runner.o")]]  # fmt: skip
+    for d in dtypes:
+        tag, ctype, _ = DTYPES[d]
+        jobs.append([CXX, *COMMON, *KERNEL, *inc, f"-DHK_SIM_TYPE={ctype}", f"-DHK_SIM_TAG={tag}",
+                     "-c", str(HERE / "launchers.cpp"), "-o", str(tmp / f"launchers_{tag}.o")])  # fmt: skip
+    stubs = ""
+    for tag in {v[0] for v in DTYPES.values()} - set(tags):  # launchers not built: fail if used
+        stubs += (
+            f"#include <cstdio>\n#include <cstdlib>\n#include \"request.h\"\nnamespace hk_sim {{\n"
+            f"size_t workspace_bytes_{tag}(const Request&) {{ std::fprintf(stderr, \"runner: {tag} not built\\n\");"
+            f" std::exit(2); }}\ncudaError_t run_{tag}(const Request&) {{ std::exit(2); }}\n}}\n"
+        )
+    if stubs:
+        (tmp / "stubs.cpp").write_text(stubs)
+        jobs.append([CXX, *COMMON, "-I", str(HERE), "-c", str(tmp / "stubs.cpp"), "-o", str(tmp / "stubs.o")])
+
+    def compile_one(cmd: list[str]) -> None:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"cuda_sim build failed:\n{' '.join(cmd)}\n{r.stderr[-6000:]}")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(compile_one, jobs))
+    wrap = "-Wl," + ",".join(f"--wrap={s}" for s in WRAPPED)
+    compile_one([CXX, *SANITIZE, "-rdynamic", wrap, *map(str, sorted(tmp.glob("*.o"))), "-o", str(tmp / "runner")])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(out)
+    except OSError:  # built concurrently by another process: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return exe
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """A strided (rows, cols) view of ``storage`` (1-D, contiguous) starting at ``offset``."""
+
+    storage: torch.Tensor
+    offset: int
+    row_stride: int
+    col_stride: int
+
+    @staticmethod
+    def of(t: torch.Tensor) -> "View":
+        """The view ``t`` (2-D) is: its whole storage, offset and strides."""
+        assert t.dim() == 2
+        base = t.untyped_storage()
+        storage = torch.empty(0, dtype=t.dtype).set_(base).contiguous()
+        return View(storage, t.storage_offset(), t.stride(0), t.stride(1))
+
+
+class SimFailure(RuntimeError):
+    """The runner rejected a run: a check of the harness, AddressSanitizer or UBSan."""
+
+    def __init__(self, returncode: int, stderr: str):
+        super().__init__(f"runner exited with {returncode}:\n{stderr[-4000:]}")
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+@dataclasses.dataclass
+class Result:
+    y: torch.Tensor  # transform: (rows, out); forward: (rows, C); backward: grad_x (rows, N)
+    contrib: torch.Tensor | None  # backward: (rows,) in the accumulator type
+    launches: list[dict]  # per kernel launch: name, grid, block, counters (see sim.h)
+
+
+def _read(path: Path, dtype: torch.dtype) -> torch.Tensor:
+    data = path.read_bytes() if path.exists() else b""
+    return torch.frombuffer(bytearray(data), dtype=dtype) if data else torch.empty(0, dtype=dtype)
+
+
+def schedules(seeds: tuple[int, ...], ahead: bool = True, max_grid: int = 0) -> list[str]:
+    """Schedule tokens: a random order per seed, plus one warp-ahead schedule per seed."""
+    cap = f":{max_grid}" if max_grid else ""
+    out = [f"random:{s}{cap}" for s in seeds]
+    if ahead:
+        out += [f"ahead:{s}{cap}" for s in seeds]
+    return out
+
+
+def run(
+    op: str,
+    *,
+    x: View,
+    rows: int,
+    n_in: int,
+    n_out: int,
+    schedules: list[str],
+    g: View | None = None,
+    bias: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    scale: float = 1.0,
+    normalize: bool = True,
+    eps: float = 1e-12,
+    runner: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Result:
+    """Run launcher ``op`` ("transform", "forward", "backward") on the harness.
+
+    transform: out = scale * H_M[:n_out, :n_in] @ x[r] (n_in = in_features, n_out = out);
+    forward / backward: the classifier with N = n_in, C = n_out, g = grad_y (rows, C)."""
+    dtype = x.storage.dtype
+    name, _, acc = DTYPES[dtype]
+    runner = runner or build()
+    with tempfile.TemporaryDirectory(prefix="cuda_sim-") as tmp:
+        d = Path(tmp)
+        kv = {"op": op, "dtype": name, "rows": rows, "in": n_in, "out": n_out, "scale": repr(float(scale)),
+              "normalize": int(normalize), "eps": repr(float(eps)), "schedules": " ".join(schedules)}  # fmt: skip
+
+        def put(key: str, t: torch.Tensor, offset: int = 0) -> None:
+            (d / f"{key}.bin").write_bytes(t.contiguous().view(torch.uint8).numpy().tobytes())
+            kv[f"{key}_file"] = f"{key}.bin"
+            kv[f"{key}_offset"] = offset
+
+        put("x", x.storage, x.offset)
+        kv["x_row_stride"], kv["x_col_stride"] = x.row_stride, x.col_stride
+        if g is not None:
+            put("g", g.storage, g.offset)
+            kv["g_row_stride"], kv["g_col_stride"] = g.row_stride, g.col_stride
+        if bias is not None:
+            put("bias", bias)
+        if op != "transform":
+            put("alpha", torch.tensor([alpha], dtype=acc))
+        (d / "request.txt").write_text("".join(f"{k} {v}\n" for k, v in kv.items()))
+        proc = subprocess.run([str(runner), str(d)], capture_output=True, text=True, env={**os.environ, **ENV, **(env or {})})
+        if proc.returncode != 0:
+            raise SimFailure(proc.returncode, proc.stderr)
+        cols = n_in if op == "backward" else n_out
+        y = _read(d / "y.bin", dtype).reshape(rows, cols)
+        contrib = _read(d / "contrib.bin", acc) if op == "backward" else None
+        launches = json.loads((d / "counters.json").read_text())
+    return Result(y, contrib, launches)

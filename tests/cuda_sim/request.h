@@ -1,0 +1,38 @@
+// CPU-run CUDA harness: one request to the runner (runner.cpp parses it, launchers.cpp runs it).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "include/cuda_runtime.h"
+
+namespace hk_sim {
+
+struct Request {
+  std::string op;     // "transform", "forward" or "backward"
+  std::string dtype;  // "float32", "float64", "float16" or "bfloat16"
+  int64_t rows = 0;
+  int64_t in = 0;   // transform: in_features; classifier: N
+  int64_t out = 0;  // transform: out_features; classifier: C
+  // Device pointers (already offset to the view's first element) and element strides.
+  const void* x = nullptr;
+  int64_t x_row_stride = 0, x_col_stride = 1;
+  const void* g = nullptr;  // backward: grad_y, rows of C
+  int64_t g_row_stride = 0, g_col_stride = 1;
+  const void* bias = nullptr;   // forward: (C,) or null
+  const void* alpha = nullptr;  // classifier: device scalar in the accumulator type
+  double scale = 1.0;
+  bool normalize = true;
+  double eps = 1e-12;
+  // Outputs: out (transform: rows x out; forward: rows x C; backward: grad_x rows x N),
+  // contrib (backward: rows accumulators), workspace (ws_bytes, sized by the launcher's rule).
+  void* y = nullptr;
+  void* contrib = nullptr;
+  void* workspace = nullptr;
+};
+
+// Bytes of workspace the launcher needs, and the launch itself, for each storage type.
+size_t workspace_bytes(const Request& r);
+cudaError_t run(const Request& r);
+
+}  // namespace hk_sim

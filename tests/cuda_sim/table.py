@@ -1,0 +1,75 @@
+"""Write the committed table of the CPU-run CUDA harness's memory counters:
+
+    .venv/bin/python tests/cuda_sim/table.py
+
+Runs the rows of tests/test_cuda_sim.py's coverage that are contiguous with in = out = 2^L
+(one schedule: the counters do not depend on it) and writes
+benchmarks/results/cuda-sim-counters.{json,md}. test_committed_counter_table_is_current
+fails when the kernels no longer give these numbers.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import test_cuda_sim as T  # noqa: E402
+
+from cuda_sim import harness as H  # noqa: E402
+
+
+def pct(a: int, b: int) -> str:
+    return f"{100 * a / b:.0f}%" if b else "-"
+
+
+def main() -> None:
+    runner = H.build()
+    todo = [c for c in T.CASES if T._table_case(c)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = {o.case.id: o for o in pool.map(lambda c: T.run_case(c, runner), todo)}
+    bad = [o.case.id for o in outcomes.values() if o.error]
+    if bad:
+        raise SystemExit(f"failed: {bad}")
+    rows = T.counter_rows(outcomes)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    meta = {"commit": commit, "date": datetime.date.today().isoformat(), "compiler": H.CXX,
+            "what": "CPU-run CUDA harness counters per kernel launch (tests/cuda_sim/README.md)"}  # fmt: skip
+    T.COUNTERS.write_text(json.dumps({"meta": meta, "launches": rows}, indent=1) + "\n")
+    lines = [
+        "# Memory counters of the CUDA kernels, from the CPU-run harness",
+        "",
+        f"Commit {commit}, {meta['date']}; `python tests/cuda_sim/table.py` (tests/cuda_sim/README.md says what",
+        "each counter means and what the harness cannot see). Contiguous inputs, in = out = 2^L.",
+        "read/written: bytes requested by the threads / the tensor's bytes (1.00 = one pass);",
+        "coalescing: fewest possible 32-byte sectors / sectors touched, per warp instruction;",
+        "shared: fewest possible wavefronts / wavefronts (100% = no bank conflict).",
+        "",
+        "| op | dtype | L | rows | kernel | grid x block | smem B | x read | out written | load coal. | store coal. | shared |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        size = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}[r["dtype"]]
+        tensor = r["rows"] * (1 << r["L"]) * size
+        bufs = r["buffers"]
+        src = bufs.get("x", {}).get("read", 0) + bufs.get("g", {}).get("read", 0)
+        dst = bufs.get("out", {}).get("written", 0)
+        lines.append(
+            f"| {r['op']} | {r['dtype']} | {r['L']} | {r['rows']} | `{r['kernel']}` | {r['grid']} x {r['block']} | "
+            f"{r['dynamic_smem']} | {src / tensor:.2f} | {dst / tensor:.2f} | "
+            f"{pct(r['global_load_sectors_ideal'], r['global_load_sectors'])} | "
+            f"{pct(r['global_store_sectors_ideal'], r['global_store_sectors'])} | "
+            f"{pct(r['shared_wavefronts_ideal'], r['shared_wavefronts'])} |"
+        )
+    T.COUNTERS.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {T.COUNTERS} and .md: {len(rows)} launches")
+
+
+if __name__ == "__main__":
+    main()
