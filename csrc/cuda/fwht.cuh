@@ -212,7 +212,10 @@ __host__ __device__ constexpr int ilog2(int64_t n) {
 }
 
 // The rules, in order:
-//  - up to 4 vectors a row: one thread per row, everything in registers, no shuffles;
+//  - one vector a row: one thread per row, everything in registers, no shuffles;
+//  - 2 to 4 vectors: 2 threads per row, so that each warp-wide load or store covers whole
+//    32-byte sectors (one thread per row reading its 16-byte vectors in turn touched twice the
+//    sectors per instruction: 50% coalescing in the CPU-run harness's counters);
 //  - up to 128 vectors: 4 vectors per thread, up to 32 threads per row (1 warp);
 //  - more: W warps per row with V >= W vectors per thread (the exchange swaps W warp bits
 //    with log2(W) bits of v), aiming at 32 entries per thread and allowing 64; if only more
@@ -226,9 +229,12 @@ __host__ __device__ constexpr TileConfig make_tile_config(int L, int t_size) {
   for (;;) {
     const int nvec = m / kv;
     c.kv = kv;
-    if (nvec <= 4) {
-      c.v = nvec;
+    if (nvec == 1) {
+      c.v = 1;
       c.tpr = 1;
+    } else if (nvec <= 4) {
+      c.v = nvec / 2;
+      c.tpr = 2;
     } else if (nvec <= 128) {
       c.v = 4;
       c.tpr = nvec / 4;
