@@ -201,7 +201,9 @@ int main(int argc, char** argv) {
       const hk_sim::BufferTraffic& b = l.buffers[k];
       js << (k ? ", " : "") << "\"" << b.name << "\": {\"read\": " << b.read_bytes
          << ", \"written\": " << b.write_bytes << ", \"read_unique\": " << b.read_unique_bytes
-         << ", \"written_unique\": " << b.write_unique_bytes << "}";
+         << ", \"written_unique\": " << b.write_unique_bytes << ", \"load_sectors\": " << b.load_sectors
+         << ", \"load_sectors_ideal\": " << b.load_sectors_ideal << ", \"store_sectors\": " << b.store_sectors
+         << ", \"store_sectors_ideal\": " << b.store_sectors_ideal << "}";
     }
     js << "}}" << (i + 1 < first_launches.size() ? "," : "") << "\n";
   }

@@ -305,6 +305,13 @@ void analyse_global(const Access* first, const Access* last, LaunchRecord& rec) 
     end = e;
   }
   const uint64_t ideal = ceil_div(unique, 32);
+  for (auto& buf : g_buffers) {
+    if (first->addr - reinterpret_cast<uintptr_t>(buf->p) < buf->bytes) {
+      (first->store ? buf->traffic.store_sectors : buf->traffic.load_sectors) += sectors;
+      (first->store ? buf->traffic.store_sectors_ideal : buf->traffic.load_sectors_ideal) += ideal;
+      break;
+    }
+  }
   if (first->store) {
     rec.global_store_requests += 1;
     rec.global_store_sectors += sectors;

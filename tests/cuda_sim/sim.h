@@ -38,6 +38,8 @@ struct BufferTraffic {
   std::string name;
   uint64_t read_bytes = 0, write_bytes = 0;                // requested by the threads
   uint64_t read_unique_bytes = 0, write_unique_bytes = 0;  // distinct bytes touched
+  // Warp instructions on this allocation: 32-byte sectors touched and the fewest possible.
+  uint64_t load_sectors = 0, load_sectors_ideal = 0, store_sectors = 0, store_sectors_ideal = 0;
 };
 struct LaunchRecord {
   std::string kernel;

@@ -47,22 +47,28 @@ def main() -> None:
         "",
         f"Commit {commit}, {meta['date']}; `python tests/cuda_sim/table.py` (tests/cuda_sim/README.md says what",
         "each counter means and what the harness cannot see). Contiguous inputs, in = out = 2^L.",
-        "read/written: bytes requested by the threads / the tensor's bytes (1.00 = one pass);",
-        "coalescing: fewest possible 32-byte sectors / sectors touched, per warp instruction;",
-        "shared: fewest possible wavefronts / wavefronts (100% = no bank conflict).",
+        "read/written: bytes of x (and grad_y) requested by the threads / their tensor's bytes, bytes of",
+        "the output written / its bytes (1.00 = one pass); coalescing: fewest possible 32-byte sectors /",
+        "sectors touched, per warp instruction (input loads, output stores, all loads and stores of the",
+        "launch: bias, workspace, ...); shared: fewest possible wavefronts / wavefronts (100% = no bank",
+        "conflict). Two-pass sizes (L > 15, float64 L > 14) show each of their launches.",
         "",
-        "| op | dtype | L | rows | kernel | grid x block | smem B | x read | out written | load coal. | store coal. | shared |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| op | dtype | L | rows | kernel | grid x block | smem B | in read | out written | in loads | out stores | all loads | all stores | shared |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         size = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}[r["dtype"]]
         tensor = r["rows"] * (1 << r["L"]) * size
         bufs = r["buffers"]
-        src = bufs.get("x", {}).get("read", 0) + bufs.get("g", {}).get("read", 0)
-        dst = bufs.get("out", {}).get("written", 0)
+        ins = [bufs[k] for k in ("x", "g") if k in bufs]
+        out = bufs.get("out", {})
+        src = sum(b["read"] for b in ins)
+        src_tensor = tensor * len(ins)
         lines.append(
             f"| {r['op']} | {r['dtype']} | {r['L']} | {r['rows']} | `{r['kernel']}` | {r['grid']} x {r['block']} | "
-            f"{r['dynamic_smem']} | {src / tensor:.2f} | {dst / tensor:.2f} | "
+            f"{r['dynamic_smem']} | {src / src_tensor if ins else 0:.2f} | {out.get('written', 0) / tensor:.2f} | "
+            f"{pct(sum(b['load_sectors_ideal'] for b in ins), sum(b['load_sectors'] for b in ins))} | "
+            f"{pct(out.get('store_sectors_ideal', 0), out.get('store_sectors', 0))} | "
             f"{pct(r['global_load_sectors_ideal'], r['global_load_sectors'])} | "
             f"{pct(r['global_store_sectors_ideal'], r['global_store_sectors'])} | "
             f"{pct(r['shared_wavefronts_ideal'], r['shared_wavefronts'])} |"
