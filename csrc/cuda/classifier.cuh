@@ -13,6 +13,12 @@
 // backward). Larger M: the two passes of fwht.cuh (pass 1 also writes each chunk's sum of
 // squares; pass 2 applies alpha, the norm and the bias), and in the backward a third kernel
 // that reduces each row (one block a row) and writes grad_x.
+//
+// The norm never overflows or underflows where the result is finite: a row whose sum of
+// squares leaves the safe range is rescaled to x' = 2^k x, exactly (see norm_safe_low in
+// fwht.cuh); u . x / ||x|| and x (u . x) / ||x||^2 are the same in x', alpha / ||x|| is
+// 2^k alpha / ||x'||. In the forward the row is in registers; the backward reads x again (from
+// L1/L2) only for rescaled rows.
 #pragma once
 
 #include "fwht.cuh"
@@ -53,12 +59,12 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrid
     const bool valid = r < p.rows;
     const T* xr = p.x + (valid ? r : 0) * p.x_row_stride;
     A ss = tile.template load<true, kStrided>(xr, p.x_col_stride, 0, p.n, p.vec_load, valid);
-    A unused = 0;
-    tile.row_sum2(ss, unused, red);
+    int k = 0;
+    if (p.normalize) k = tile.rescale_for_norm(ss, red);  // the registers now hold 2^k x
     tile.transform(smem);
     if (valid) {
       // a = alpha * inv_norm, as the CPU kernel: alpha * (1 / max(||x||, eps)).
-      const A a = p.normalize ? alpha * (A(1) / max_like_std(sqrt(ss), p.eps)) : alpha;
+      const A a = p.normalize ? classifier_coefficient(alpha, ss, k, p.eps) : alpha;
       const T* bias = p.bias;
       if (bias != nullptr) {
         tile.store(p.y + r * p.c, p.c, p.vec_store,
@@ -92,7 +98,8 @@ struct ClassifierBackwardArgs {
   acc_of<T> eps;
 };
 
-// Coefficients of one backward row: grad_x = ca * (u - cb * x), dL/dalpha share = contrib.
+// Coefficients of one backward row: grad_x = ca * (u - cb * x'), dL/dalpha share = contrib,
+// for x' = 2^k x (k = 0: x itself), ux = u . x', xx = x' . x'.
 template <typename A>
 struct BackwardCoefficients {
   A ca, cb, contrib;
@@ -100,12 +107,12 @@ struct BackwardCoefficients {
 
 template <typename A>
 __device__ __forceinline__ BackwardCoefficients<A> backward_coefficients(A alpha, A ux, A xx, bool normalize,
-                                                                         A eps) {
+                                                                         A eps, int k) {
   if (!normalize) return {alpha, A(0), ux};
   const A norm = sqrt(xx);
-  if (norm >= eps) return {alpha / norm, ux / (norm * norm), ux / norm};
-  // The norm is clamped to eps: x_hat = x / eps is linear in x.
-  return {alpha / eps, A(0), ux / eps};
+  if (norm >= scale2(eps, k)) return {scale2(alpha / norm, k), ux / (norm * norm), ux / norm};
+  // The norm is clamped to eps: x_hat = x / eps is linear in x (2^-k / eps < 1 here).
+  return {alpha / eps, A(0), k == 0 ? ux / eps : ux * scale2(A(1) / eps, -k)};
 }
 
 template <typename T, int L, bool kStrided>
@@ -130,7 +137,7 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrid
     const int lim = valid ? Tile::clamp_limit(p.n, 0) : -1;
     const int c_thread = tile.q_final_thread() * KV;
     const T* xr = p.x + rr * p.x_row_stride;
-    A ux = 0, xx = 0;
+    A ux = 0, xx = 0, amax = 0;
 #pragma unroll
     for (int v = 0; v < Tile::V; ++v) {
       A xv[KV];
@@ -139,10 +146,43 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrid
       for (int k = 0; k < KV; ++k) {
         ux += tile.a[v][k] * xv[k];
         xx += xv[k] * xv[k];
+        amax = fmax(amax, fabs(xv[k]));
       }
     }
+    A ux_t = ux, xx_t = xx;  // this thread's partials
     tile.row_sum2(ux, xx, red);
-    const BackwardCoefficients<A> co = backward_coefficients(alpha, ux, xx, p.normalize, p.eps);
+    // Rows whose x . x left the safe range (zero rows too, told apart by max|x|) are redone on
+    // x' = 2^k x, x read again. Fast path cost: one max per entry, the range test and the vote
+    // of any_row (see RowTile::rescale_for_norm); rows with nothing to rescale in a warp or
+    // block that has one pay two more reductions (no memory traffic).
+    int e = 0;
+    if (p.normalize && tile.template any_row<false>(!norm_is_safe(xx), [](A, A y) { return !norm_is_safe(y); }, red)) {
+      if constexpr (Tile::W > 1) __syncthreads();  // every thread has read red
+      A unused = 0;
+      tile.template row_sum2<true>(unused, amax, red);
+      if (needs_rescale(xx, amax)) {
+        e = rescale_exponent(amax);
+        ux_t = 0;
+        xx_t = 0;
+#pragma unroll
+        for (int v = 0; v < Tile::V; ++v) {
+          A xv[KV];
+          tile.template load_final<kStrided>(xr, p.x_col_stride, lim, p.vec_x, v, xv);
+#pragma unroll
+          for (int k = 0; k < KV; ++k) {
+            const A xs = scale2(xv[k], e);
+            ux_t += tile.a[v][k] * xs;
+            xx_t += xs * xs;
+          }
+        }
+      }
+      if constexpr (Tile::W > 1) __syncthreads();  // every thread has read red
+      tile.row_sum2(ux_t, xx_t, red);  // the same sums again for rows not rescaled
+      ux = ux_t;
+      xx = xx_t;
+    }
+    const BackwardCoefficients<A> co = backward_coefficients(alpha, ux, xx, p.normalize, p.eps, e);
+    const A s = scale2(A(1), e);  // x' = s * x, exactly
     if (valid) {
       if (tile.t == 0) p.contrib[r] = co.contrib;
       // x again (from L1/L2: keeping it in registers would double their number) if needed.
@@ -157,13 +197,13 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrid
           if (c + c_thread < lim) {
             T o[KV];
 #pragma unroll
-            for (int k = 0; k < KV; ++k) o[k] = Num<T>::store(co.ca * (tile.a[v][k] - xv[k] * co.cb));
+            for (int k = 0; k < KV; ++k) o[k] = Num<T>::store(co.ca * (tile.a[v][k] - (xv[k] * s) * co.cb));
             store_vec<T, KV>(gr + c, o);
           }
         } else {
 #pragma unroll
           for (int k = 0; k < KV; ++k)
-            if (c + c_thread + k < lim) gr[c + k] = Num<T>::store(co.ca * (tile.a[v][k] - xv[k] * co.cb));
+            if (c + c_thread + k < lim) gr[c + k] = Num<T>::store(co.ca * (tile.a[v][k] - (xv[k] * s) * co.cb));
         }
       }
     }
@@ -191,44 +231,75 @@ struct BackwardRowArgs {
   acc_of<T> eps;
 };
 
+// Sums ux and xx and the max of amax over the block (kBackwardRowThreads threads), in a fixed
+// order, into every thread. red: 3 * kWarps accumulators; the caller must __syncthreads()
+// before it is written again.
+template <typename A>
+__device__ __forceinline__ void block_reduce_row(A& ux, A& xx, A& amax, A* red) {
+  constexpr int kWarps = kBackwardRowThreads / 32;
+  const int tid = static_cast<int>(threadIdx.x);
+#pragma unroll
+  for (int h = 1; h < 32; h <<= 1) {
+    ux += __shfl_xor_sync(0xffffffffu, ux, h);
+    xx += __shfl_xor_sync(0xffffffffu, xx, h);
+    amax = fmax(amax, __shfl_xor_sync(0xffffffffu, amax, h));
+  }
+  if (tid % 32 == 0) {
+    red[3 * (tid / 32)] = ux;
+    red[3 * (tid / 32) + 1] = xx;
+    red[3 * (tid / 32) + 2] = amax;
+  }
+  __syncthreads();
+  ux = red[0];
+  xx = red[1];
+  amax = red[2];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) {
+    ux += red[3 * w];
+    xx += red[3 * w + 1];
+    amax = fmax(amax, red[3 * w + 2]);
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kBackwardRowThreads) classifier_backward_rows_kernel(const BackwardRowArgs<T> p) {
   using A = acc_of<T>;
   constexpr int kWarps = kBackwardRowThreads / 32;
-  __shared__ A red[2 * kWarps];
+  __shared__ A red[3 * kWarps];
   const int tid = static_cast<int>(threadIdx.x);
   const A alpha = *p.alpha;
   for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
     const A* u = p.u + r * p.m;
     const T* x = p.x + r * p.x_row_stride;
-    A ux = 0, xx = 0;
+    A ux = 0, xx = 0, amax = 0;
     for (int64_t i = tid; i < p.n; i += kBackwardRowThreads) {
       const A xv = Num<T>::load(x[i * p.x_col_stride]);
       ux += u[i] * xv;
       xx += xv * xv;
+      amax = fmax(amax, fabs(xv));
     }
-#pragma unroll
-    for (int h = 1; h < 32; h <<= 1) {
-      ux += __shfl_xor_sync(0xffffffffu, ux, h);
-      xx += __shfl_xor_sync(0xffffffffu, xx, h);
+    block_reduce_row(ux, xx, amax, red);
+    // A row whose x . x left the safe range: again on x' = 2^k x (one block a row: the
+    // condition is uniform over the block).
+    int k = 0;
+    if (p.normalize && needs_rescale(xx, amax)) {
+      k = rescale_exponent(amax);
+      ux = 0;
+      xx = 0;
+      for (int64_t i = tid; i < p.n; i += kBackwardRowThreads) {
+        const A xv = scale2(Num<T>::load(x[i * p.x_col_stride]), k);
+        ux += u[i] * xv;
+        xx += xv * xv;
+      }
+      __syncthreads();  // every thread has read red
+      block_reduce_row(ux, xx, amax, red);
     }
-    if (tid % 32 == 0) {
-      red[2 * (tid / 32)] = ux;
-      red[2 * (tid / 32) + 1] = xx;
-    }
-    __syncthreads();
-    ux = red[0];
-    xx = red[1];
-#pragma unroll
-    for (int w = 1; w < kWarps; ++w) {
-      ux += red[2 * w];
-      xx += red[2 * w + 1];
-    }
-    const BackwardCoefficients<A> co = backward_coefficients(alpha, ux, xx, p.normalize, p.eps);
+    const BackwardCoefficients<A> co = backward_coefficients(alpha, ux, xx, p.normalize, p.eps, k);
+    const A s = scale2(A(1), k);  // x' = s * x, exactly
     if (tid == 0) p.contrib[r] = co.contrib;
     T* gx = p.gx + r * p.n;
     for (int64_t i = tid; i < p.n; i += kBackwardRowThreads) {
-      const A xv = co.cb != A(0) ? Num<T>::load(x[i * p.x_col_stride]) : A(0);
+      const A xv = co.cb != A(0) ? Num<T>::load(x[i * p.x_col_stride]) * s : A(0);
       gx[i] = Num<T>::store(co.ca * (u[i] - xv * co.cb));
     }
     __syncthreads();  // red is rewritten by the next row
@@ -257,7 +328,7 @@ inline size_t classifier_workspace_bytes(const ClassifierParams& cp, bool backwa
   if (L <= max_single_pass_log2<T>()) return 0;
   const size_t rows = static_cast<size_t>(cp.t.rows);
   size_t elems = rows * static_cast<size_t>(cp.t.m);
-  if (!backward && cp.normalize) elems += rows << (L - pass1_log2<T>(L));
+  if (!backward && cp.normalize) elems += 2 * (rows << (L - pass1_log2<T>(L)));  // (sum of squares, k)
   return elems * sizeof(acc_of<T>);
 }
 

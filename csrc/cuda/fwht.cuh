@@ -97,10 +97,97 @@ using acc_of = typename Num<T>::acc;
 __device__ __forceinline__ float signed_add(float sign, float x, float p) { return fmaf(sign, x, p); }
 __device__ __forceinline__ double signed_add(double sign, double x, double p) { return fma(sign, x, p); }
 
-// std::max(a, b) of the CPU kernels (NaN in a propagates, unlike fmax).
+// ------------------------------------------------------------------------------------------
+// The classifier's norm without overflow or underflow (tests/test_cuda_sim_extremes.py).
+//
+// A sum of squares in [norm_safe_low, norm_safe_high] is accurate (the squares lost to
+// underflow, < min() each and at most 2^20 of them, lie below its rounding) and leaves room
+// for adding 2^6 of them (the chunks of pass 2) and for H @ x (|entries| <= sqrt(M) ||x||).
+// Any other nonzero finite row (or pass-1 chunk) is rescaled by 2^k, exactly, k bringing its
+// largest entry into [1, 2) (at most the largest exponent, for subnormal rows), and y comes
+// from x' = 2^k x:  y = alpha * H x' / max(||x'||, 2^k eps)  (the CPU kernel does the same).
+// Scaling by a power of two changes no rounding: a rescaled row gives, bit for bit, what the
+// fast path gives for the same row scaled into the safe range. Zero rows and nearly all
+// others take the fast path (k = 0).
+
 template <typename A>
-__device__ __forceinline__ A max_like_std(A a, A b) {
-  return a < b ? b : a;
+__host__ __device__ constexpr A norm_safe_low() {
+  if constexpr (sizeof(A) == 4) {
+    return 0x1p-83f;  // min() / epsilon() * 2^20
+  } else {
+    return 0x1p-950;
+  }
+}
+template <typename A>
+__host__ __device__ constexpr A norm_safe_high() {
+  if constexpr (sizeof(A) == 4) {
+    return 0x1p120f;  // below max() / 2^6
+  } else {
+    return 0x1p1016;
+  }
+}
+// Largest k of a rescale (2^k must be a finite accumulator).
+template <typename A>
+__host__ __device__ constexpr int max_rescale_exponent() {
+  return sizeof(A) == 4 ? 127 : 1023;
+}
+
+__device__ __forceinline__ float scale2(float x, int k) { return ldexpf(x, k); }
+__device__ __forceinline__ double scale2(double x, int k) { return ldexp(x, k); }
+__device__ __forceinline__ int exponent_of(float x) { return ilogbf(x); }
+__device__ __forceinline__ int exponent_of(double x) { return ilogb(x); }
+
+template <typename A>
+__device__ __forceinline__ bool norm_is_safe(A sumsq) {
+  return sumsq >= norm_safe_low<A>() && sumsq <= norm_safe_high<A>();
+}
+
+// Whether a row with this sum of squares and largest |entry| must be rescaled: nonzero,
+// finite (inf and NaN rows give inf / NaN as they are), sum of squares outside the safe range.
+template <typename A>
+__device__ __forceinline__ bool needs_rescale(A sumsq, A amax) {
+  return amax > A(0) && amax - amax == A(0) && !norm_is_safe(sumsq);
+}
+
+// The k with max|x| * 2^k in [1, 2), at most max_rescale_exponent (amax > 0, finite).
+template <typename A>
+__device__ __forceinline__ int rescale_exponent(A amax) {
+  const int k = -exponent_of(amax);
+  return k < max_rescale_exponent<A>() ? k : max_rescale_exponent<A>();
+}
+
+// 2^d for d <= 0, exactly; 0 below the normal range (pass 2 aligns chunk scales with it:
+// what it then drops is below the rounding of the largest chunk).
+template <typename A>
+__device__ __forceinline__ A pow2_nonpositive(int d) {
+  if constexpr (sizeof(A) == 4) {
+    const uint32_t bits = d < -126 ? 0u : static_cast<uint32_t>(d + 127) << 23;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+  } else {
+    const uint64_t bits = d < -1022 ? 0ull : static_cast<uint64_t>(d + 1023) << 52;
+    double f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+  }
+}
+
+// The factor on H x' of a row x = 2^-k x' with ss = ||x'||^2: alpha / max(||x||, eps). 0 for
+// a zero row (x_hat = 0 for any eps, and alpha / eps may overflow). For k = 0 this is
+// alpha * (1 / max(||x||, eps)) as in the CPU kernel, NaN propagating.
+template <typename A>
+__device__ __forceinline__ A classifier_coefficient(A alpha, A ss, int k, A eps) {
+  if (ss == A(0)) return A(0);
+  const A norm = sqrt(ss);
+  return norm < scale2(eps, k) ? alpha * scale2(A(1) / eps, -k) : alpha * (A(1) / norm);
+}
+
+// Sentinel exponent of an all-zero pass-1 chunk: above every k, so that pass 2 takes the
+// scale of the other chunks.
+template <typename A>
+__host__ __device__ constexpr A zero_chunk_exponent() {
+  return A(1 << 14);
 }
 
 // x, hidden from the optimiser (no instruction), anew in every iteration of a grid-stride
@@ -483,15 +570,17 @@ struct RowTile {
       for (int c = 0; c < CH; ++c) ld_shared16(base + (c * NVEC + q_final(v)) * AV, &a[v][c * AV]);
   }
 
-  // Sum of x over the row's threads, identical in every thread of the row (xor butterflies
-  // add the same two numbers on both sides; the warps' partials are added in warp order).
-  // red: the block's reduction scratch. Synchronises the block if W > 1; the caller must
-  // __syncthreads() before red is written again.
+  // Sum of x and of y (max of y if kMaxY) over the row's threads, identical in every thread of
+  // the row (xor butterflies combine the same two numbers on both sides; the warps' partials
+  // are combined in warp order). red: the block's reduction scratch. Synchronises the block if
+  // W > 1; the caller must __syncthreads() before red is written again.
+  template <bool kMaxY = false>
   __device__ __forceinline__ void row_sum2(A& x, A& y, A* red) const {
 #pragma unroll
     for (int h = 1; h < LANES; h <<= 1) {
       x += __shfl_xor_sync(0xffffffffu, x, h);
-      y += __shfl_xor_sync(0xffffffffu, y, h);
+      const A yo = __shfl_xor_sync(0xffffffffu, y, h);
+      y = kMaxY ? fmax(y, yo) : y + yo;
     }
     if constexpr (W > 1) {
       if (lane == 0) {
@@ -504,9 +593,78 @@ struct RowTile {
 #pragma unroll
       for (int i = 1; i < W; ++i) {
         x += red[(rib * W + i) * 2];
-        y += red[(rib * W + i) * 2 + 1];
+        y = kMaxY ? fmax(y, red[(rib * W + i) * 2 + 1]) : y + red[(rib * W + i) * 2 + 1];
       }
     }
+  }
+
+  // Whether pred holds in some row of the warp (W == 1) or of the block (W > 1), mine being
+  // this row's: uniform over the warp or block, as a branch around shuffles or barriers must
+  // be. Right after row_sum2<kMaxY>, before red is written again: with several rows of W > 1
+  // warps a block, pred(x, y) is evaluated for every row from the partials in red (added in
+  // row_sum2's order, so each row's own x, y). No shuffle or barrier of its own where a row
+  // fills the warp or the block.
+  template <bool kMaxY, typename P>
+  __device__ __forceinline__ bool any_row(bool mine, P pred, const A* red) const {
+    if constexpr (W > 1 && RPB > 1) {
+      bool any = false;
+#pragma unroll
+      for (int r = 0; r < RPB; ++r) {
+        A x = red[r * W * 2], y = red[r * W * 2 + 1];
+#pragma unroll
+        for (int i = 1; i < W; ++i) {
+          x += red[(r * W + i) * 2];
+          y = kMaxY ? fmax(y, red[(r * W + i) * 2 + 1]) : y + red[(r * W + i) * 2 + 1];
+        }
+        any = any || pred(x, y);
+      }
+      return any;
+    } else if constexpr (W == 1 && LANES < 32) {
+      A f = mine ? A(1) : A(0);
+#pragma unroll
+      for (int h = LANES; h < 32; h <<= 1) f = fmax(f, __shfl_xor_sync(0xffffffffu, f, h));
+      return f != A(0);
+    } else {
+      return mine;
+    }
+  }
+
+  // The classifier's rescale (see norm_safe_low) of the loaded row or chunk. ss: this thread's
+  // sum of squares on entry; on return the row's, of x' = 2^k x, identical in every thread of
+  // the row, with the registers holding x'. Returns k (0 on the fast path). Every thread of
+  // the block must call it (it shuffles; it synchronises the block if W > 1).
+  // Fast path cost: one max per entry; the row reduction carries max|x| beside the sum of
+  // squares (the same shuffles and barrier as the sum alone with its idle second value); the
+  // range test; the vote of any_row: nothing where a row fills its warp or block,
+  // log2(32 / LANES) shuffles for several rows a warp, 2 * RPB * W shared-memory loads for
+  // several multi-warp rows a block. Rescaled rows (and the rows of their warp or block) then
+  // pay a second reduction and, if W > 1, one barrier more.
+  __device__ __forceinline__ int rescale_for_norm(A& ss, A* red) {
+    A amax = 0;
+#pragma unroll
+    for (int v = 0; v < V; ++v)
+#pragma unroll
+      for (int k = 0; k < KV; ++k) amax = fmax(amax, fabs(a[v][k]));
+    row_sum2<true>(ss, amax, red);
+    const bool rescale = needs_rescale(ss, amax);
+    int e = 0;
+    if (any_row<true>(rescale, [](A x, A y) { return needs_rescale(x, y); }, red)) {
+      A ss2 = 0, unused = 0;
+      if (rescale) {
+        e = rescale_exponent(amax);
+#pragma unroll
+        for (int v = 0; v < V; ++v)
+#pragma unroll
+          for (int k = 0; k < KV; ++k) {
+            a[v][k] = scale2(a[v][k], e);
+            ss2 += a[v][k] * a[v][k];
+          }
+      }
+      if constexpr (W > 1) __syncthreads();  // every thread has read red
+      row_sum2(ss2, unused, red);
+      if (rescale) ss = ss2;
+    }
+    return e;
   }
 
   // Writes f(a, column) as O to row[column] for the columns < n of the final layout.
@@ -553,7 +711,7 @@ struct RowArgs {
   bool vec_load;
   bool vec_store;
   acc_of<T> scale;
-  acc_of<T>* sumsq;        // pass 1 of the classifier: sum of squares of each tile, else null
+  acc_of<T>* sumsq;        // pass 1 of the classifier: per tile (sum of squares of 2^k x, k), else null
 };
 
 template <typename T, typename O, int L, bool kStrided>
@@ -574,10 +732,14 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrid
     const int64_t col0 = (r & chunk_mask) * Tile::M;
     const T* xr = p.x + row * p.x_row_stride;
     if (p.sumsq != nullptr) {
+      // The classifier's pass 1: the chunk rescaled by 2^k if needed (see norm_safe_low);
+      // pass 2 brings the chunks to one scale.
       A ss = tile.template load<true, kStrided>(xr, p.x_col_stride, col0, p.in_features, p.vec_load, valid);
-      A unused = 0;
-      tile.row_sum2(ss, unused, red);
-      if (valid && tile.t == 0) p.sumsq[r] = ss;
+      const int k = tile.rescale_for_norm(ss, red);
+      if (valid && tile.t == 0) {
+        p.sumsq[2 * r] = ss;
+        p.sumsq[2 * r + 1] = ss == A(0) ? zero_chunk_exponent<A>() : A(k);
+      }
     } else {
       tile.template load<false, kStrided>(xr, p.x_col_stride, col0, p.in_features, p.vec_load, valid);
     }
@@ -610,10 +772,13 @@ struct ColumnArgs {
   int64_t out_features;    // columns written
   int64_t out_row_stride;
   acc_of<T> scale;         // kScale
-  // kClassifier: y = alpha / max(sqrt(sum of the row's chunk sums of squares), eps) * h + bias
+  // kClassifier: y = alpha / max(||x||, eps) * h + bias, from pass 1's per-chunk sums of
+  // squares of 2^k_c x and exponents k_c: chunk c is brought to the scale K = min_c k_c of the
+  // largest chunk (2^(K - k_c) <= 1), so the row's sum of squares neither overflows nor
+  // underflows (norm_safe_low); all k_c = 0 on the fast path.
   const acc_of<T>* alpha;  // device scalar
   const T* bias;           // or null
-  const acc_of<T>* sumsq;  // [rows, 2^L2]
+  const acc_of<T>* sumsq;  // [rows, 2^L2, 2]: (sum of squares, k) of each chunk
   bool normalize;
   acc_of<T> eps;
 };
@@ -667,13 +832,23 @@ __global__ void __launch_bounds__(kColumnThreads, (column_min_blocks<acc_of<T>, 
     const int j = valid ? static_cast<int>(g - row * per_row) * CPT : 0;
     // The row's coefficient first, while the registers of a are free.
     A coef = p.scale;
+    const A* sq = nullptr;  // the row's per-chunk (sum of squares, k) if normalised
+    int scale_k = 0;        // K: the row's scale exponent
     if constexpr (kEpi == ColumnEpilogue::kClassifier) {
       coef = *p.alpha;
       if (p.normalize) {
+        sq = p.sumsq + row * (2 * H);
+        A kmin = sq[1];
+#pragma unroll
+        for (int h = 1; h < H; ++h) kmin = fmin(kmin, sq[2 * h + 1]);
+        scale_k = static_cast<int>(kmin);
         A ss = 0;
 #pragma unroll
-        for (int h = 0; h < H; ++h) ss += p.sumsq[row * H + h];
-        coef = coef * (A(1) / max_like_std(sqrt(ss), p.eps));
+        for (int h = 0; h < H; ++h) {
+          const A f = pow2_nonpositive<A>(scale_k - static_cast<int>(sq[2 * h + 1]));  // 1 on the fast path
+          ss += sq[2 * h] * f * f;
+        }
+        coef = classifier_coefficient(coef, ss, scale_k, p.eps);
       }
     }
     const A* src = p.ws + row * (int64_t{m1} * H) + int64_t{h0} * m1 + j;
@@ -682,6 +857,11 @@ __global__ void __launch_bounds__(kColumnThreads, (column_min_blocks<acc_of<T>, 
     for (int h = 0; h < HT; ++h) {
       if (valid) {
         load_vec<A, CPT>(src + h * m1, a[h]);
+        if (sq != nullptr) {
+          const A f = pow2_nonpositive<A>(scale_k - static_cast<int>(sq[2 * (h0 + h) + 1]));
+#pragma unroll
+          for (int c = 0; c < CPT; ++c) a[h][c] *= f;
+        }
       } else {
 #pragma unroll
         for (int c = 0; c < CPT; ++c) a[h][c] = A(0);
@@ -807,8 +987,9 @@ inline size_t transform_workspace_bytes(const TransformParams& p) {
   return static_cast<size_t>(p.rows) * static_cast<size_t>(p.m) * sizeof(acc_of<T>);
 }
 
-// Pass 1 over chunks of 2^L1: x (with p's strides and in_features) -> ws, unscaled; writes
-// per-chunk sums of squares to sumsq if not null.
+// Pass 1 over chunks of 2^L1: x (with p's strides and in_features) -> ws, unscaled; if sumsq
+// is not null, the classifier's: chunks rescaled by 2^k where needed, and (sum of squares, k)
+// of each chunk written to sumsq (see ColumnArgs).
 template <typename T>
 inline cudaError_t launch_pass1(const T* x, const TransformParams& p, int L1, acc_of<T>* ws,
                                 acc_of<T>* sumsq, cudaStream_t stream) {
