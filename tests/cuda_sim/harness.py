@@ -23,7 +23,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-CSRC = ROOT / "csrc"
+CSRC = Path(os.environ.get("HK_SIM_CSRC", ROOT / "csrc"))  # another copy of the kernels: HK_SIM_CSRC
 BUILD = ROOT / "build" / "cuda_sim"
 
 #: Storage types of the kernels: torch dtype -> (runner name, kernel type, accumulator dtype).
