@@ -126,16 +126,52 @@ __host__ __device__ constexpr A norm_safe_high() {
     return 0x1p1016;
   }
 }
-// Largest k of a rescale (2^k must be a finite accumulator).
+// Largest |k| of a rescale: 2^k and 2^-k are normal numbers.
 template <typename A>
 __host__ __device__ constexpr int max_rescale_exponent() {
-  return sizeof(A) == 4 ? 127 : 1023;
+  return sizeof(A) == 4 ? 126 : 1022;
 }
 
-__device__ __forceinline__ float scale2(float x, int k) { return ldexpf(x, k); }
-__device__ __forceinline__ double scale2(double x, int k) { return ldexp(x, k); }
-__device__ __forceinline__ int exponent_of(float x) { return ilogbf(x); }
-__device__ __forceinline__ int exponent_of(double x) { return ilogb(x); }
+// 2^k for |k| <= max_rescale_exponent, from its bits (no libm call: ldexp / ilogb calls made
+// the largest tiles spill).
+template <typename A>
+__device__ __forceinline__ A pow2(int k) {
+  if constexpr (sizeof(A) == 4) {
+    const uint32_t bits = static_cast<uint32_t>(k + 127) << 23;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+  } else {
+    const uint64_t bits = static_cast<uint64_t>(k + 1023) << 52;
+    double f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+  }
+}
+
+// x * 2^k, |k| <= max_rescale_exponent: exact unless the result leaves the normal range.
+template <typename A>
+__device__ __forceinline__ A scale2(A x, int k) {
+  return x * pow2<A>(k);
+}
+
+// floor(log2(x)) for a finite x > 0, subnormals included.
+template <typename A>
+__device__ __forceinline__ int exponent_of(A x) {
+  if constexpr (sizeof(A) == 4) {
+    const int sub = x < 0x1p-126f ? 64 : 0;
+    const float y = sub ? x * 0x1p64f : x;
+    uint32_t bits;
+    memcpy(&bits, &y, sizeof bits);
+    return static_cast<int>((bits >> 23) & 0xff) - 127 - sub;
+  } else {
+    const int sub = x < 0x1p-1022 ? 64 : 0;
+    const double y = sub ? x * 0x1p64 : x;
+    uint64_t bits;
+    memcpy(&bits, &y, sizeof bits);
+    return static_cast<int>((bits >> 52) & 0x7ff) - 1023 - sub;
+  }
+}
 
 template <typename A>
 __device__ __forceinline__ bool norm_is_safe(A sumsq) {
@@ -149,11 +185,14 @@ __device__ __forceinline__ bool needs_rescale(A sumsq, A amax) {
   return amax > A(0) && amax - amax == A(0) && !norm_is_safe(sumsq);
 }
 
-// The k with max|x| * 2^k in [1, 2), at most max_rescale_exponent (amax > 0, finite).
+// The k with max|x| * 2^k in [1, 2), clamped to +-max_rescale_exponent (amax > 0, finite):
+// then max|x| * 2^k lies in [2^-23, 4) for float (subnormal rows; rows near max()), whose
+// squares are still safe.
 template <typename A>
 __device__ __forceinline__ int rescale_exponent(A amax) {
   const int k = -exponent_of(amax);
-  return k < max_rescale_exponent<A>() ? k : max_rescale_exponent<A>();
+  constexpr int kMax = max_rescale_exponent<A>();
+  return k < -kMax ? -kMax : (k > kMax ? kMax : k);
 }
 
 // 2^d for d <= 0, exactly; 0 below the normal range (pass 2 aligns chunk scales with it:
@@ -274,6 +313,13 @@ __device__ __forceinline__ void ld_shared16(const A* p, A* dst) {
 
 inline bool aligned_to(const void* p, int64_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes) == 0;
+}
+
+// Whether a row of n columns at ptr with row stride rs can use KV-entry vectors.
+template <typename T>
+inline bool can_vectorize(const void* ptr, int64_t row_stride, int64_t col_stride, int64_t n, int kv) {
+  return col_stride == 1 && n % kv == 0 && row_stride % kv == 0 &&
+         aligned_to(ptr, int64_t{kv} * static_cast<int64_t>(sizeof(T)));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -772,15 +818,14 @@ struct ColumnArgs {
   int64_t out_features;    // columns written
   int64_t out_row_stride;
   acc_of<T> scale;         // kScale
-  // kClassifier: y = alpha / max(||x||, eps) * h + bias, from pass 1's per-chunk sums of
-  // squares of 2^k_c x and exponents k_c: chunk c is brought to the scale K = min_c k_c of the
-  // largest chunk (2^(K - k_c) <= 1), so the row's sum of squares neither overflows nor
-  // underflows (norm_safe_low); all k_c = 0 on the fast path.
+  // kClassifier: y = alpha / max(||x||, eps) * h + bias; ws holds 2^K x transformed, sumsq the
+  // row's (||2^K x||^2, K) (classifier.cuh: classifier_chunk_scale_kernel).
   const acc_of<T>* alpha;  // device scalar
   const T* bias;           // or null
-  const acc_of<T>* sumsq;  // [rows, 2^L2, 2]: (sum of squares, k) of each chunk
+  const acc_of<T>* sumsq;  // [rows, 2]: (sum of squares of 2^K x, K)
   bool normalize;
   acc_of<T> eps;
+  bool vec_store;          // set by launch_column_kernel: CPT-entry vector stores
 };
 
 template <typename A, int L2>
@@ -832,24 +877,9 @@ __global__ void __launch_bounds__(kColumnThreads, (column_min_blocks<acc_of<T>, 
     const int j = valid ? static_cast<int>(g - row * per_row) * CPT : 0;
     // The row's coefficient first, while the registers of a are free.
     A coef = p.scale;
-    const A* sq = nullptr;  // the row's per-chunk (sum of squares, k) if normalised
-    int scale_k = 0;        // K: the row's scale exponent
     if constexpr (kEpi == ColumnEpilogue::kClassifier) {
       coef = *p.alpha;
-      if (p.normalize) {
-        sq = p.sumsq + row * (2 * H);
-        A kmin = sq[1];
-#pragma unroll
-        for (int h = 1; h < H; ++h) kmin = fmin(kmin, sq[2 * h + 1]);
-        scale_k = static_cast<int>(kmin);
-        A ss = 0;
-#pragma unroll
-        for (int h = 0; h < H; ++h) {
-          const A f = pow2_nonpositive<A>(scale_k - static_cast<int>(sq[2 * h + 1]));  // 1 on the fast path
-          ss += sq[2 * h] * f * f;
-        }
-        coef = classifier_coefficient(coef, ss, scale_k, p.eps);
-      }
+      if (p.normalize) coef = classifier_coefficient(coef, p.sumsq[2 * row], static_cast<int>(p.sumsq[2 * row + 1]), p.eps);
     }
     const A* src = p.ws + row * (int64_t{m1} * H) + int64_t{h0} * m1 + j;
     A a[HT][CPT];
@@ -857,11 +887,6 @@ __global__ void __launch_bounds__(kColumnThreads, (column_min_blocks<acc_of<T>, 
     for (int h = 0; h < HT; ++h) {
       if (valid) {
         load_vec<A, CPT>(src + h * m1, a[h]);
-        if (sq != nullptr) {
-          const A f = pow2_nonpositive<A>(scale_k - static_cast<int>(sq[2 * (h0 + h) + 1]));
-#pragma unroll
-          for (int c = 0; c < CPT; ++c) a[h][c] *= f;
-        }
       } else {
 #pragma unroll
         for (int c = 0; c < CPT; ++c) a[h][c] = A(0);
@@ -891,19 +916,31 @@ __global__ void __launch_bounds__(kColumnThreads, (column_min_blocks<acc_of<T>, 
     }
     if (!valid) continue;
     O* dst = p.out + row * p.out_row_stride + int64_t{h0} * m1 + j;
-#pragma unroll
-    for (int h = 0; h < HT; ++h)
-#pragma unroll
-      for (int c = 0; c < CPT; ++c) {
-        const int col = (h0 + h) * m1 + j + c;
-        if (col < out_cols) {
-          A y = coef * a[h][c];
-          if constexpr (kEpi == ColumnEpilogue::kClassifier) {
-            if (p.bias != nullptr) y += Num<T>::load(p.bias[col]);
-          }
-          dst[h * m1 + c] = Num<O>::store(y);
-        }
+    auto value = [&](int h, int c) {
+      A y = coef * a[h][c];
+      if constexpr (kEpi == ColumnEpilogue::kClassifier) {
+        if (p.bias != nullptr) y += Num<T>::load(p.bias[(h0 + h) * m1 + j + c]);
       }
+      return Num<O>::store(y);
+    };
+#pragma unroll
+    for (int h = 0; h < HT; ++h) {
+      const int col = (h0 + h) * m1 + j;
+      if (p.vec_store) {
+        // One CPT-entry vector a chunk: the lanes' stores cover whole sectors (scalar stores
+        // CPT entries apart touched CPT times the sectors: the CPU-run harness's counters).
+        if (col < out_cols) {  // out_features % CPT == 0: all of the vector or none
+          O o[CPT];
+#pragma unroll
+          for (int c = 0; c < CPT; ++c) o[c] = value(h, c);
+          store_vec<O, CPT>(dst + h * m1, o);
+        }
+      } else {
+#pragma unroll
+        for (int c = 0; c < CPT; ++c)
+          if (col + c < out_cols) dst[h * m1 + c] = value(h, c);
+      }
+    }
   }
 }
 
@@ -957,8 +994,10 @@ template <typename T, typename O, int L2, ColumnEpilogue kEpi>
 inline cudaError_t launch_column_kernel(const ColumnArgs<T, O>& p, cudaStream_t stream) {
   constexpr int CPT = columns_per_thread<acc_of<T>, L2>();
   const int64_t threads = (p.rows * (p.m1 / CPT)) << column_split_log2<acc_of<T>, L2>();
+  ColumnArgs<T, O> a = p;
+  a.vec_store = can_vectorize<O>(p.out, p.out_row_stride, 1, p.out_features, CPT);
   auto kernel = column_transform_kernel<T, O, L2, kEpi>;
-  HK_LAUNCH(kernel, grid_for((threads + kColumnThreads - 1) / kColumnThreads), kColumnThreads, 0, stream, p);
+  HK_LAUNCH(kernel, grid_for((threads + kColumnThreads - 1) / kColumnThreads), kColumnThreads, 0, stream, a);
   return cudaGetLastError();
 }
 
@@ -970,13 +1009,6 @@ constexpr int kMaxPass2Log2 = 6;
 template <typename T>
 inline int pass1_log2(int L) {
   return L - std::max(L - max_single_pass_log2<T>(), 4);
-}
-
-// Whether a row of n columns at ptr with row stride rs can use KV-entry vectors.
-template <typename T>
-inline bool can_vectorize(const void* ptr, int64_t row_stride, int64_t col_stride, int64_t n, int kv) {
-  return col_stride == 1 && n % kv == 0 && row_stride % kv == 0 &&
-         aligned_to(ptr, int64_t{kv} * static_cast<int64_t>(sizeof(T)));
 }
 
 // Bytes of device workspace launch_transform needs (0 for one pass). Aligned to 256 bytes.
