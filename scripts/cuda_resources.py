@@ -237,6 +237,8 @@ def describe(mangled: str) -> Kernel:
         return Kernel(kernel, dtype, "", args[1], args[2], "")
     if kernel == "classifier_backward_rows":  # <T>
         return Kernel(kernel, dtype, "", None, False, "")
+    if kernel == "classifier_chunk_scale":  # <A>
+        return Kernel(kernel, dtype, "", None, False, "")
     raise ValueError(f"unknown kernel {kernel} in {mangled}: teach scripts/cuda_resources.py its arguments")
 
 

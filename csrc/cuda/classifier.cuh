@@ -11,8 +11,9 @@
 // M <= 2^15 (2^14 for float64): one kernel, the row tile of fwht.cuh plus a row reduction
 // (the sum of squares before the transform in the forward; u . x and x . x after it in the
 // backward). Larger M: the two passes of fwht.cuh (pass 1 also writes each chunk's sum of
-// squares; pass 2 applies alpha, the norm and the bias), and in the backward a third kernel
-// that reduces each row (one block a row) and writes grad_x.
+// squares; a small kernel between them sums them per row; pass 2 applies alpha, the norm and
+// the bias), and in the backward a third kernel that reduces each row (one block a row) and
+// writes grad_x.
 //
 // The norm never overflows or underflows where the result is finite: a row whose sum of
 // squares leaves the safe range is rescaled to x' = 2^k x, exactly (see norm_safe_low in
@@ -58,7 +59,8 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrid
     const int64_t r = g * Tile::RPB + tile.rib;
     const bool valid = r < p.rows;
     const T* xr = p.x + (valid ? r : 0) * p.x_row_stride;
-    A ss = tile.template load<true, kStrided>(xr, p.x_col_stride, 0, p.n, p.vec_load, valid);
+    tile.template load<false, kStrided>(xr, p.x_col_stride, 0, p.n, p.vec_load, valid);
+    A ss = 0;
     int k = 0;
     if (p.normalize) k = tile.rescale_for_norm(ss, red);  // the registers now hold 2^k x
     tile.transform(smem);
@@ -137,50 +139,42 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrid
     const int lim = valid ? Tile::clamp_limit(p.n, 0) : -1;
     const int c_thread = tile.q_final_thread() * KV;
     const T* xr = p.x + rr * p.x_row_stride;
-    A ux = 0, xx = 0, amax = 0;
-#pragma unroll
-    for (int v = 0; v < Tile::V; ++v) {
-      A xv[KV];
-      tile.template load_final<kStrided>(xr, p.x_col_stride, lim, p.vec_x, v, xv);
-#pragma unroll
-      for (int k = 0; k < KV; ++k) {
-        ux += tile.a[v][k] * xv[k];
-        xx += xv[k] * xv[k];
-        amax = fmax(amax, fabs(xv[k]));
-      }
-    }
-    A ux_t = ux, xx_t = xx;  // this thread's partials
-    tile.row_sum2(ux, xx, red);
-    // Rows whose x . x left the safe range (zero rows too, told apart by max|x|) are redone on
-    // x' = 2^k x, x read again. Fast path cost: one max per entry, the range test and the vote
-    // of any_row (see RowTile::rescale_for_norm); rows with nothing to rescale in a warp or
-    // block that has one pay two more reductions (no memory traffic).
+    // u . x' and x' . x' for x' = 2^e x: e = 0 first; rows whose x . x left the safe range
+    // (normalize) go round once more with their e, reading x again (only they do). Cost on the
+    // fast path: one max and one multiplication (by 1) per entry, the reduction of
+    // (x . x, max|x|) (log2(LANES) shuffles of two values; one barrier if W > 1) and one
+    // barrier more if W > 1. One loop body for both rounds: two unrolled copies kept the first
+    // round's x in registers for the second, and the largest tiles spilled.
+    A ux, xx;
     int e = 0;
-    if (p.normalize && tile.template any_row<false>(!norm_is_safe(xx), [](A, A y) { return !norm_is_safe(y); }, red)) {
-      if constexpr (Tile::W > 1) __syncthreads();  // every thread has read red
-      A unused = 0;
-      tile.template row_sum2<true>(unused, amax, red);
-      if (needs_rescale(xx, amax)) {
-        e = rescale_exponent(amax);
-        ux_t = 0;
-        xx_t = 0;
+#pragma unroll 1
+    for (int round = 0;; ++round) {
+      const A scale = pow2<A>(e);
+      A amax = 0;
+      ux = 0;
+      xx = 0;
 #pragma unroll
-        for (int v = 0; v < Tile::V; ++v) {
-          A xv[KV];
-          tile.template load_final<kStrided>(xr, p.x_col_stride, lim, p.vec_x, v, xv);
+      for (int v = 0; v < Tile::V; ++v) {
+        A xv[KV];
+        tile.template load_final<kStrided>(xr, p.x_col_stride, lim, p.vec_x, v, xv);
 #pragma unroll
-          for (int k = 0; k < KV; ++k) {
-            const A xs = scale2(xv[k], e);
-            ux_t += tile.a[v][k] * xs;
-            xx_t += xs * xs;
-          }
+        for (int k = 0; k < KV; ++k) {
+          amax = fmax(amax, fabs(xv[k]));
+          const A xs = xv[k] * scale;
+          ux += tile.a[v][k] * xs;
+          xx += xs * xs;
         }
       }
-      if constexpr (Tile::W > 1) __syncthreads();  // every thread has read red
-      tile.row_sum2(ux_t, xx_t, red);  // the same sums again for rows not rescaled
-      ux = ux_t;
-      xx = xx_t;
+      if (round == 1 || !p.normalize) break;  // every thread does round 0 to the end
+      A xx_row = xx;
+      tile.template row_sum2<true>(xx_row, amax, red);
+      if (!needs_rescale(xx_row, amax)) break;
+      e = rescale_exponent(amax);
     }
+    if (p.normalize) {
+      if constexpr (Tile::W > 1) __syncthreads();  // every thread has read red
+    }
+    tile.row_sum2(ux, xx, red);
     const BackwardCoefficients<A> co = backward_coefficients(alpha, ux, xx, p.normalize, p.eps, e);
     const A s = scale2(A(1), e);  // x' = s * x, exactly
     if (valid) {
@@ -306,6 +300,47 @@ __global__ void __launch_bounds__(kBackwardRowThreads) classifier_backward_rows_
   }
 }
 
+// Between the classifier's pass 1 and pass 2 (normalised, M > 2^15): pass 1 left each chunk c
+// transformed as 2^k_c x (k_c = 0 unless the chunk needed a rescale) and its (sum of squares,
+// k_c) in chunks[rows, 2^L2, 2]. Per row: K = min_c k_c (the largest chunk's scale), the row's
+// (sum of squares of 2^K x, K) into row_norm[rows, 2], and, only where the chunks' scales
+// differ, chunk c multiplied by 2^(K - k_c) <= 1 in ws (what that flushes to 0 is below the
+// rounding of the largest chunk). Every thread of a block computes the same row values in the
+// same order (no reduction). Fast path: 2^L2 pairs read and one pair written per row.
+constexpr int kChunkScaleThreads = 256;
+
+template <typename A>
+__global__ void __launch_bounds__(kChunkScaleThreads)
+    classifier_chunk_scale_kernel(A* ws, const A* chunks, A* row_norm, int64_t rows, int log2_chunks, int log2_m1) {
+  const int H = 1 << log2_chunks;
+  const int64_t m = int64_t{H} << log2_m1;
+  const int tid = static_cast<int>(threadIdx.x);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const A* sq = chunks + r * (2 * H);
+    A kmin = sq[1], kmax = sq[1];
+    for (int h = 1; h < H; ++h) {
+      kmin = fmin(kmin, sq[2 * h + 1]);
+      kmax = fmax(kmax, sq[2 * h + 1]);
+    }
+    const int K = static_cast<int>(kmin);
+    A ss = 0;
+    for (int h = 0; h < H; ++h) {
+      const A f = pow2_nonpositive<A>(K - static_cast<int>(sq[2 * h + 1]));  // 1 on the fast path
+      ss += sq[2 * h] * f * f;
+    }
+    if (tid == 0) {
+      row_norm[2 * r] = ss;
+      row_norm[2 * r + 1] = kmin;
+    }
+    if (kmin != kmax) {
+      A* w = ws + r * m;
+      for (int64_t i = tid; i < m; i += kChunkScaleThreads) {
+        w[i] *= pow2_nonpositive<A>(K - static_cast<int>(sq[2 * (i >> log2_m1) + 1]));
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------
 // Host side.
 
@@ -328,7 +363,8 @@ inline size_t classifier_workspace_bytes(const ClassifierParams& cp, bool backwa
   if (L <= max_single_pass_log2<T>()) return 0;
   const size_t rows = static_cast<size_t>(cp.t.rows);
   size_t elems = rows * static_cast<size_t>(cp.t.m);
-  if (!backward && cp.normalize) elems += 2 * (rows << (L - pass1_log2<T>(L)));  // (sum of squares, k)
+  // (sum of squares, k) per chunk and per row
+  if (!backward && cp.normalize) elems += 2 * (rows << (L - pass1_log2<T>(L))) + 2 * rows;
   return elems * sizeof(acc_of<T>);
 }
 
@@ -367,9 +403,16 @@ cudaError_t launch_classifier_forward(const T* x, const acc_of<T>* alpha, const 
   }
   A* ws = static_cast<A*>(workspace);
   const int L1 = pass1_log2<T>(L);
-  A* sumsq = cp.normalize ? ws + static_cast<size_t>(p.rows) * static_cast<size_t>(p.m) : nullptr;
-  cudaError_t err = launch_pass1<T>(x, p, L1, ws, sumsq, stream);
+  A* chunks = cp.normalize ? ws + static_cast<size_t>(p.rows) * static_cast<size_t>(p.m) : nullptr;
+  A* row_norm = cp.normalize ? chunks + (static_cast<size_t>(p.rows) << (L - L1)) * 2 : nullptr;
+  cudaError_t err = launch_pass1<T>(x, p, L1, ws, chunks, stream);
   if (err != cudaSuccess) return err;
+  if (cp.normalize) {
+    auto scale_kernel = classifier_chunk_scale_kernel<A>;
+    HK_LAUNCH(scale_kernel, grid_for(p.rows), kChunkScaleThreads, 0, stream, ws, chunks, row_norm, p.rows, L - L1, L1);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
   ColumnArgs<T, T> c{};
   c.ws = ws;
   c.out = y;
@@ -380,7 +423,7 @@ cudaError_t launch_classifier_forward(const T* x, const acc_of<T>* alpha, const 
   c.scale = A(1);
   c.alpha = alpha;
   c.bias = bias;
-  c.sumsq = sumsq;
+  c.sumsq = row_norm;
   c.normalize = cp.normalize;
   c.eps = static_cast<A>(cp.eps);
   return launch_pass2<T, T, ColumnEpilogue::kClassifier>(c, L - L1, stream);

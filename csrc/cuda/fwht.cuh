@@ -636,7 +636,8 @@ struct RowTile {
       __syncthreads();
       x = red[rib * W * 2];
       y = red[rib * W * 2 + 1];
-#pragma unroll
+      // Not all 2 * (W - 1) loads at once: classifier_forward<float64, 14> spilled.
+#pragma unroll 4
       for (int i = 1; i < W; ++i) {
         x += red[(rib * W + i) * 2];
         y = kMaxY ? fmax(y, red[(rib * W + i) * 2 + 1]) : y + red[(rib * W + i) * 2 + 1];
@@ -644,72 +645,53 @@ struct RowTile {
     }
   }
 
-  // Whether pred holds in some row of the warp (W == 1) or of the block (W > 1), mine being
-  // this row's: uniform over the warp or block, as a branch around shuffles or barriers must
-  // be. Right after row_sum2<kMaxY>, before red is written again: with several rows of W > 1
-  // warps a block, pred(x, y) is evaluated for every row from the partials in red (added in
-  // row_sum2's order, so each row's own x, y). No shuffle or barrier of its own where a row
-  // fills the warp or the block.
-  template <bool kMaxY, typename P>
-  __device__ __forceinline__ bool any_row(bool mine, P pred, const A* red) const {
-    if constexpr (W > 1 && RPB > 1) {
-      bool any = false;
+  // Sum of x over the row's threads, as row_sum2 (red: its first slots).
+  __device__ __forceinline__ void row_sum1(A& x, A* red) const {
 #pragma unroll
-      for (int r = 0; r < RPB; ++r) {
-        A x = red[r * W * 2], y = red[r * W * 2 + 1];
+    for (int h = 1; h < LANES; h <<= 1) x += __shfl_xor_sync(0xffffffffu, x, h);
+    if constexpr (W > 1) {
+      if (lane == 0) red[(rib * W + warp) * 2] = x;
+      __syncthreads();
+      x = red[rib * W * 2];
 #pragma unroll
-        for (int i = 1; i < W; ++i) {
-          x += red[(r * W + i) * 2];
-          y = kMaxY ? fmax(y, red[(r * W + i) * 2 + 1]) : y + red[(r * W + i) * 2 + 1];
-        }
-        any = any || pred(x, y);
-      }
-      return any;
-    } else if constexpr (W == 1 && LANES < 32) {
-      A f = mine ? A(1) : A(0);
-#pragma unroll
-      for (int h = LANES; h < 32; h <<= 1) f = fmax(f, __shfl_xor_sync(0xffffffffu, f, h));
-      return f != A(0);
-    } else {
-      return mine;
+      for (int i = 1; i < W; ++i) x += red[(rib * W + i) * 2];
     }
   }
 
-  // The classifier's rescale (see norm_safe_low) of the loaded row or chunk. ss: this thread's
-  // sum of squares on entry; on return the row's, of x' = 2^k x, identical in every thread of
-  // the row, with the registers holding x'. Returns k (0 on the fast path). Every thread of
-  // the block must call it (it shuffles; it synchronises the block if W > 1).
-  // Fast path cost: one max per entry; the row reduction carries max|x| beside the sum of
-  // squares (the same shuffles and barrier as the sum alone with its idle second value); the
-  // range test; the vote of any_row: nothing where a row fills its warp or block,
-  // log2(32 / LANES) shuffles for several rows a warp, 2 * RPB * W shared-memory loads for
-  // several multi-warp rows a block. Rescaled rows (and the rows of their warp or block) then
-  // pay a second reduction and, if W > 1, one barrier more.
+  // The classifier's rescale (see norm_safe_low) of the loaded row or chunk: on return ss is
+  // the row's sum of squares of x' = 2^k x, identical in every thread of the row, and the
+  // registers hold x'. Returns k (0 on the fast path). Every thread of the block must call it
+  // (it shuffles; it synchronises the block if W > 1).
+  // Cost on the fast path: per entry one max, one multiplication (by 1) and one square more;
+  // the first row reduction carries max|x| beside the sum of squares (the same shuffles as
+  // the sum alone with its idle second value), then one more reduction of one value
+  // (log2(LANES) shuffles; if W > 1 two barriers more). The second reduction is
+  // unconditional: under a branch (uniform, but ptxas cannot know) the largest tiles spilled.
   __device__ __forceinline__ int rescale_for_norm(A& ss, A* red) {
     A amax = 0;
+    ss = 0;
 #pragma unroll
     for (int v = 0; v < V; ++v)
 #pragma unroll
-      for (int k = 0; k < KV; ++k) amax = fmax(amax, fabs(a[v][k]));
+      for (int k = 0; k < KV; ++k) {
+        ss += a[v][k] * a[v][k];
+        amax = fmax(amax, fabs(a[v][k]));
+      }
     row_sum2<true>(ss, amax, red);
     const bool rescale = needs_rescale(ss, amax);
-    int e = 0;
-    if (any_row<true>(rescale, [](A x, A y) { return needs_rescale(x, y); }, red)) {
-      A ss2 = 0, unused = 0;
-      if (rescale) {
-        e = rescale_exponent(amax);
+    const int e = rescale ? rescale_exponent(amax) : 0;
+    const A scale = pow2<A>(e);
+    A ss2 = 0;
 #pragma unroll
-        for (int v = 0; v < V; ++v)
+    for (int v = 0; v < V; ++v)
 #pragma unroll
-          for (int k = 0; k < KV; ++k) {
-            a[v][k] = scale2(a[v][k], e);
-            ss2 += a[v][k] * a[v][k];
-          }
+      for (int k = 0; k < KV; ++k) {
+        a[v][k] *= scale;
+        ss2 += a[v][k] * a[v][k];
       }
-      if constexpr (W > 1) __syncthreads();  // every thread has read red
-      row_sum2(ss2, unused, red);
-      if (rescale) ss = ss2;
-    }
+    if constexpr (W > 1) __syncthreads();  // every thread has read red
+    row_sum1(ss2, red);
+    ss = rescale ? ss2 : ss;
     return e;
   }
 
@@ -780,7 +762,8 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrid
     if (p.sumsq != nullptr) {
       // The classifier's pass 1: the chunk rescaled by 2^k if needed (see norm_safe_low);
       // pass 2 brings the chunks to one scale.
-      A ss = tile.template load<true, kStrided>(xr, p.x_col_stride, col0, p.in_features, p.vec_load, valid);
+      tile.template load<false, kStrided>(xr, p.x_col_stride, col0, p.in_features, p.vec_load, valid);
+      A ss;
       const int k = tile.rescale_for_norm(ss, red);
       if (valid && tile.t == 0) {
         p.sumsq[2 * r] = ss;
@@ -879,7 +862,9 @@ __global__ void __launch_bounds__(kColumnThreads, (column_min_blocks<acc_of<T>, 
     A coef = p.scale;
     if constexpr (kEpi == ColumnEpilogue::kClassifier) {
       coef = *p.alpha;
-      if (p.normalize) coef = classifier_coefficient(coef, p.sumsq[2 * row], static_cast<int>(p.sumsq[2 * row + 1]), p.eps);
+      if (p.normalize) {
+        coef = classifier_coefficient(coef, p.sumsq[2 * row], static_cast<int>(p.sumsq[2 * row + 1]), p.eps);
+      }
     }
     const A* src = p.ws + row * (int64_t{m1} * H) + int64_t{h0} * m1 + j;
     A a[HT][CPT];
@@ -1021,7 +1006,7 @@ inline size_t transform_workspace_bytes(const TransformParams& p) {
 
 // Pass 1 over chunks of 2^L1: x (with p's strides and in_features) -> ws, unscaled; if sumsq
 // is not null, the classifier's: chunks rescaled by 2^k where needed, and (sum of squares, k)
-// of each chunk written to sumsq (see ColumnArgs).
+// of each chunk written to sumsq (see classifier_chunk_scale_kernel).
 template <typename T>
 inline cudaError_t launch_pass1(const T* x, const TransformParams& p, int L1, acc_of<T>* ws,
                                 acc_of<T>* sumsq, cudaStream_t stream) {
