@@ -146,6 +146,18 @@ def _ldexp(x, k):
 
 
 @triton.jit
+def _row_absmax(x_rows, x_col_stride, in_features, row_ok, ROWS: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
+    """max |x| of each of ROWS rows (x_rows: their first entries; columns < in_features)."""
+    m = tl.zeros((ROWS,), ACC)
+    for k in range(0, in_features, CHUNK):
+        c = k + tl.arange(0, CHUNK).to(tl.int64)
+        mask = row_ok & (c < in_features)[None, :]
+        x = tl.load(x_rows + c[None, :] * x_col_stride, mask=mask, other=0.0).to(ACC)
+        m = tl.maximum(m, tl.max(tl.abs(x), axis=1))
+    return m
+
+
+@triton.jit
 def _shift_to_one(m):
     """The int32 k with m * 2 ** k in [1, 2) for finite m > 0 (read from the exponent bits
     of m in float64, where every float32 is normal), 0 for m = 0, inf or NaN."""
@@ -275,12 +287,7 @@ def _classifier_forward_kernel(
         shift = tl.zeros((ROWS,), tl.int32)
         redo = _needs_rescale(sumsq, r < rows)
         if tl.max(redo.to(tl.int32), axis=0) > 0:
-            m = tl.zeros((ROWS,), ACC)
-            for k in range(0, in_features, IN_CHUNK):
-                c = k + tl.arange(0, IN_CHUNK).to(tl.int64)
-                mask = row_ok & (c < in_features)[None, :]
-                x = tl.load(x_rows + c[None, :] * x_col_stride, mask=mask, other=0.0).to(ACC)
-                m = tl.maximum(m, tl.max(tl.abs(x), axis=1))
+            m = _row_absmax(x_rows, x_col_stride, in_features, row_ok, ROWS, IN_CHUNK, ACC)
             shift = tl.where(redo, _shift_to_one(m), 0)
             acc = tl.zeros((ROWS, BLOCK_T), ACC)
             sumsq = tl.zeros((ROWS,), ACC)
@@ -365,12 +372,7 @@ def _classifier_backward_kernel(
         shift = tl.zeros((ROWS,), tl.int32)
         redo = _needs_rescale(sumsq, r < rows)
         if tl.max(redo.to(tl.int32), axis=0) > 0:
-            m = tl.zeros((ROWS,), ACC)
-            for k in range(0, in_features, X_CHUNK):
-                c = k + tl.arange(0, X_CHUNK).to(tl.int64)
-                mask = row_ok & (c < in_features)[None, :]
-                x = tl.load(x_rows + c[None, :] * x_col_stride, mask=mask, other=0.0).to(ACC)
-                m = tl.maximum(m, tl.max(tl.abs(x), axis=1))
+            m = _row_absmax(x_rows, x_col_stride, in_features, row_ok, ROWS, X_CHUNK, ACC)
             shift = tl.where(redo, _shift_to_one(m), 0)
             ux = tl.zeros((ROWS,), ACC)
             sumsq = tl.zeros((ROWS,), ACC)
