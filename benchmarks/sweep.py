@@ -9,9 +9,15 @@ fwht rows: time of ``fwht(x)`` for x of shape (rows, n), next to ``x.clone()`` (
 and one write: the floor), dense ``F.linear(x, H_n)`` (what the transform replaces),
 numpy ``x @ scipy.linalg.hadamard(n)`` on CPU, and the peers that are installed
 (CPU: fht_cpu, ffht, each timed in a child process; CUDA: fast_hadamard_transform), all in
-one run, each case in rounds of blocks (benchmarks/timing.py).
-Classifier rows: the fused ``hadamard_classifier`` against a learned ``nn.Linear`` head
-and against ``alpha * F.linear(F.normalize(x), W) + b``, forward and forward+backward.
+one run. Classifier rows: the fused ``hadamard_classifier`` against a learned ``nn.Linear``
+head and against ``alpha * F.linear(F.normalize(x), W) + b``, forward and forward+backward.
+
+How (benchmarks/timing.py): the candidates of a case take turns in many short rounds; a
+time is the median (--stat) of per-round samples, a ratio the median of the per-round ratios
+to the baseline (x.clone(), the nn.Linear head), each with its spread, half the interquartile
+range over the median. A cell is marked noisy when that spread exceeds 5 %, or when other
+processes took CPU that the candidates' threads needed (then re-run it on a quiet machine,
+or with fewer --threads); such a case is measured once more first.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import hadamard_kernels as hk  # noqa: E402
 from hadamard_kernels.reference import hadamard_matrix  # noqa: E402
-from timing import environment, interleaved_medians, keep_heap_mapped  # noqa: E402
+from timing import STATS, Timing, contended, environment, interleaved_times, keep_heap_mapped  # noqa: E402
 
 try:
     from tqdm import tqdm
@@ -55,9 +62,12 @@ class FwhtRow:
     dtype: str
     n: int
     rows: int
-    ms: float
-    vs_clone: float  # time / x.clone() time in the same loop
+    ms: float  # the statistic (--stat) of the per-round samples, per call
+    spread: float  # of those samples: (q75 - q25) / (2 * median)
+    vs_clone: float  # time / x.clone() time: median of the per-round ratios
+    vs_clone_spread: float  # of those ratios (peers, timed apart: both spreads combined)
     gbps: float  # (bytes read + bytes written) / time
+    busy: float | None  # cores' worth of CPU other processes took meanwhile (timing.MachineBusy)
 
 
 @dataclass(frozen=True)
@@ -76,11 +86,15 @@ class ClassifierRow:
     c: int
     batch: int
     dtype: str
-    ms: float
-    speedup_vs_linear: float  # nn.Linear head time / this time
+    ms: float  # the statistic (--stat) of the per-round samples, per call
+    spread: float  # of those samples: (q75 - q25) / (2 * median)
+    speedup_vs_linear: float  # nn.Linear head time / this time: median of the per-round ratios
+    speedup_spread: float  # of those ratios
+    busy: float | None  # cores' worth of CPU other processes took meanwhile (timing.MachineBusy)
 
 
-ATTEMPTS = 1
+NOISY = 0.05  # a ratio's spread above which its cell is marked noisy
+RETRIES = 1  # times a case is measured again after a pause when the machine was busy
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -114,7 +128,7 @@ def _cpu_peers(x: torch.Tensor) -> dict[str, Callable[[], object]]:
     return peers
 
 
-def _cpu_peer_times(case: FwhtCase) -> dict[str, float]:
+def _cpu_peer_times(case: FwhtCase, stat: str) -> dict[str, Timing]:
     """Times of numpy and the CPU peers, each measured in a child process of this run.
 
     OpenBLAS (numpy) and fht_cpu bring thread pools of their own; in one process with
@@ -122,20 +136,38 @@ def _cpu_peer_times(case: FwhtCase) -> dict[str, float]:
     other's need them, and calls then wait whole 4 ms scheduler ticks (seen here: 0.5 ms
     calls timed at 4 or 8 ms, for every n where numpy was measured alongside).
     """
-    times: dict[str, float] = {}
+    times: dict[str, Timing] = {}
     x = torch.empty(1, case.n, dtype=DTYPES[case.dtype])
     for name in _cpu_peers(x):
         cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(torch.get_num_threads()),
-               "--peer-case", case.dtype, str(case.n), str(case.rows), name]
+               "--stat", stat, "--peer-case", case.dtype, str(case.n), str(case.rows), name]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        times.update(json.loads(done.stdout.strip().splitlines()[-1]))
+        times.update({k: Timing(**v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()})
     return times
 
 
-def _peer_case_main(dtype: str, n: int, rows: int, name: str) -> None:
+def _peer_case_main(dtype: str, n: int, rows: int, name: str, stat: str) -> None:
     keep_heap_mapped()
     x = torch.randn(rows, n, dtype=DTYPES[dtype])
-    print(json.dumps(interleaved_medians({name: _cpu_peers(x)[name]}, "cpu")))
+    times = _measure({name: _cpu_peers(x)[name]}, torch.device("cpu"), None, stat)
+    print(json.dumps({k: dataclasses.asdict(v) for k, v in times.items()}))
+
+
+def _measure(fns: dict[str, Callable[[], object]], device: torch.device, baseline: str | None,
+             stat: str) -> dict[str, Timing]:
+    """interleaved_times, measured again (RETRIES times, after a pause) while other processes
+    took CPU our threads needed; the least disturbed attempt is kept."""
+    best: dict[str, Timing] | None = None
+    for attempt in range(1 + RETRIES):
+        if attempt:
+            time.sleep(2.0)
+        times = interleaved_times(fns, device, baseline=baseline, stat=stat)
+        busy = next(iter(times.values())).busy
+        if best is None or (busy or 0.0) < (next(iter(best.values())).busy or 0.0):
+            best = times
+        if device.type == "cuda" or not contended(busy, torch.get_num_threads()):
+            break
+    return best
 
 
 def _cuda_peers(x: torch.Tensor) -> dict[str, Callable[[], object]]:
@@ -162,7 +194,7 @@ def fwht_cases(device: torch.device, quick: bool) -> list[FwhtCase]:
     return [FwhtCase("float32", n, 2**22 // n) for n in ns]
 
 
-def run_fwht_case(case: FwhtCase, device: torch.device) -> list[FwhtRow]:
+def run_fwht_case(case: FwhtCase, device: torch.device, stat: str) -> list[FwhtRow]:
     dtype = DTYPES[case.dtype]
     x = torch.randn(case.rows, case.n, device=device, dtype=dtype)
     fns: dict[str, Callable[[], object]] = {"x.clone()": lambda: x.clone()}
@@ -178,21 +210,17 @@ def run_fwht_case(case: FwhtCase, device: torch.device) -> list[FwhtRow]:
         fns["dense F.linear(x, H)"] = lambda: F.linear(x, h)
     if device.type == "cuda":
         fns.update(_cuda_peers(x))
-    # Shared machines have stalls of whole scheduler ticks now and then (seen here: 0.5 ms
-    # calls timed at 4 or 8 ms for a whole case): every candidate, ours, the floor and the
-    # peers alike, is timed ATTEMPTS times and keeps its fastest median (best of k, as
-    # timeit advises).
-    ms: dict[str, float] = {}
-    for _ in range(ATTEMPTS):
-        times = interleaved_medians(fns, device)
-        if device.type == "cpu":
-            times.update(_cpu_peer_times(case))
-        for name, t in times.items():
-            ms[name] = min(t, ms.get(name, float("inf")))
+    times = _measure(fns, device, "x.clone()", stat)
+    clone = times["x.clone()"]
+    if device.type == "cpu":  # timed in other processes: ratios of the statistics, not paired
+        for name, t in _cpu_peer_times(case, stat).items():
+            times[name] = dataclasses.replace(t, ratio=t.ms / clone.ms,
+                                              ratio_spread=(t.spread**2 + clone.spread**2) ** 0.5)
     nbytes = 2 * x.numel() * x.element_size()
     return [
-        FwhtRow(name, case.dtype, case.n, case.rows, t, t / ms["x.clone()"], nbytes / t / 1e6)
-        for name, t in ms.items()
+        FwhtRow(name, case.dtype, case.n, case.rows, t.ms, t.spread, t.ratio, t.ratio_spread,
+                nbytes / t.ms / 1e6, t.busy)
+        for name, t in times.items()
     ]
 
 
@@ -207,7 +235,7 @@ def classifier_cases(device: torch.device, quick: bool) -> list[ClassifierCase]:
     return [ClassifierCase(n, c, b, dtype) for n, c in shapes for b in batches]
 
 
-def run_classifier_case(case: ClassifierCase, device: torch.device) -> list[ClassifierRow]:
+def run_classifier_case(case: ClassifierCase, device: torch.device, stat: str) -> list[ClassifierRow]:
     dtype = DTYPES[case.dtype]
     backend = hk.available_backends(device)[0]
     x = torch.randn(case.batch, case.n, device=device, dtype=dtype)
@@ -223,24 +251,25 @@ def run_classifier_case(case: ClassifierCase, device: torch.device) -> list[Clas
         return step
 
     ours = f"fused hadamard_classifier[{backend}]"
-    # The dense heads take up to a second a call at the big shapes: they get their own
-    # timing loop, so that the fused head is not limited to their few repetitions.
+    # One loop per pass: a sample batches as many calls as last ~1 ms, so the fused head
+    # still gets many calls a round where a dense head takes a second a call.
     with torch.no_grad():
-        fwd = interleaved_medians(
+        fwd = _measure(
             {
                 "nn.Linear head": lambda: head(x),
                 "alpha * F.linear(F.normalize(x), W) + b": lambda: alpha * F.linear(F.normalize(x), w) + b,
+                ours: lambda: fixed(x),
             },
-            device,
+            device, "nn.Linear head", stat,
         )
-        fwd |= interleaved_medians({ours: lambda: fixed(x)}, device, budget_s=0.5)
-    both = interleaved_medians({"nn.Linear head": fwd_bwd(head)}, device)
-    both |= interleaved_medians({ours: fwd_bwd(fixed)}, device, budget_s=0.5)
+    both = _measure({"nn.Linear head": fwd_bwd(head), ours: fwd_bwd(fixed)}, device, "nn.Linear head", stat)
     rows = []
-    for pass_, ms in (("forward", fwd), ("forward+backward", both)):
-        for name, t in ms.items():
-            rows.append(ClassifierRow(name, pass_, case.n, case.c, case.batch, case.dtype, t,
-                                      ms["nn.Linear head"] / t))
+    for pass_, times in (("forward", fwd), ("forward+backward", both)):
+        for name, t in times.items():
+            # 1 / (median ratio) is the median of the inverse ratios; the relative spread of
+            # the inverses equals the ratios' to first order.
+            rows.append(ClassifierRow(name, pass_, case.n, case.c, case.batch, case.dtype, t.ms, t.spread,
+                                      1.0 / t.ratio, t.ratio_spread, t.busy))
     return rows
 
 
@@ -248,37 +277,73 @@ def _fmt(ms: float) -> str:
     return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
 
 
-def fwht_markdown(rows: list[FwhtRow]) -> str:
+def is_noisy(row: FwhtRow | ClassifierRow, threads: int | None) -> bool:
+    """Whether a cell's spread (its ratio's; the baseline's own time's) exceeds NOISY, or
+    other processes took CPU that the candidates' ``threads`` needed (None: not asked, on GPU)."""
+    if isinstance(row, FwhtRow):
+        spread = row.spread if row.impl == "x.clone()" else row.vs_clone_spread
+    else:
+        spread = row.spread if row.impl == "nn.Linear head" else row.speedup_spread
+    return spread > NOISY or (threads is not None and contended(row.busy, threads))
+
+
+def _busy(busy: float | None) -> str:
+    return "" if busy is None else f"{busy:.2f}"
+
+
+FOOTNOTE = (
+    "± half the interquartile range of the per-round samples (ratio cells: of the per-round ratios), "
+    "relative to their median. † noisy: that spread over {noisy:.0%}, or (CPU) other processes took "
+    "CPU that our threads needed (busy: cores' worth of CPU others took during the case). "
+    "Peers run in child processes: their ratio is the quotient of the two times, not paired."
+)
+
+
+def fwht_markdown(rows: list[FwhtRow], threads: int | None) -> str:
     impls = list(dict.fromkeys(r.impl for r in rows))
     keys = list(dict.fromkeys((r.dtype, r.rows * r.n, r.n, r.rows) for r in rows))
     by = {(r.impl, r.dtype, r.n, r.rows): r for r in rows}
     lines = [
-        "| dtype | n | rows | " + " | ".join(impls) + " |",
-        "|---|---:|---:|" + "---:|" * len(impls),
+        "| dtype | n | rows | " + " | ".join(impls) + " | busy |",
+        "|---|---:|---:|" + "---:|" * len(impls) + "---:|",
     ]
     for dtype, _, n, nrows in keys:
         cells = []
         for impl in impls:
             r = by.get((impl, dtype, n, nrows))
-            cells.append("" if r is None else f"{_fmt(r.ms)} ms ({r.vs_clone:.2f}x)")
-        lines.append(f"| {dtype} | 2^{n.bit_length() - 1} | {nrows} | " + " | ".join(cells) + " |")
+            if r is None:
+                cells.append("")
+            elif impl == "x.clone()":
+                cells.append(f"{_fmt(r.ms)} ms ±{r.spread:.0%}" + " †" * is_noisy(r, threads))
+            else:
+                cells.append(f"{_fmt(r.ms)} ms ({r.vs_clone:.2f}x ±{r.vs_clone_spread:.0%})"
+                             + " †" * is_noisy(r, threads))
+        busy = _busy(by[("x.clone()", dtype, n, nrows)].busy)
+        lines.append(f"| {dtype} | 2^{n.bit_length() - 1} | {nrows} | " + " | ".join(cells) + f" | {busy} |")
     return "\n".join(lines)
 
 
-def classifier_markdown(rows: list[ClassifierRow]) -> str:
+def classifier_markdown(rows: list[ClassifierRow], threads: int | None) -> str:
     impls = list(dict.fromkeys(r.impl for r in rows))
     keys = list(dict.fromkeys((r.pass_, r.n, r.c, r.batch, r.dtype) for r in rows))
     by = {(r.impl, r.pass_, r.n, r.c, r.batch, r.dtype): r for r in rows}
     lines = [
-        "| pass | N | C | batch | dtype | " + " | ".join(impls) + " |",
-        "|---|---:|---:|---:|---|" + "---:|" * len(impls),
+        "| pass | N | C | batch | dtype | " + " | ".join(impls) + " | busy |",
+        "|---|---:|---:|---:|---|" + "---:|" * len(impls) + "---:|",
     ]
     for key in keys:
         cells = []
         for impl in impls:
             r = by.get((impl, *key))
-            cells.append("" if r is None else f"{_fmt(r.ms)} ms ({r.speedup_vs_linear:.1f}x)")
-        lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells) + " |")
+            if r is None:
+                cells.append("")
+            elif impl == "nn.Linear head":
+                cells.append(f"{_fmt(r.ms)} ms ±{r.spread:.0%}" + " †" * is_noisy(r, threads))
+            else:
+                cells.append(f"{_fmt(r.ms)} ms ({r.speedup_vs_linear:.1f}x ±{r.speedup_spread:.0%})"
+                             + " †" * is_noisy(r, threads))
+        busy = _busy(by[("nn.Linear head", *key)].busy)
+        lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells) + f" | {busy} |")
     return "\n".join(lines)
 
 
@@ -327,12 +392,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-case", nargs=4, metavar=("DTYPE", "N", "ROWS", "NAME"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for every candidate (default: torch's default, all cores)")
+    parser.add_argument("--stat", choices=STATS, default="median",
+                        help="statistic of each candidate's per-round samples (default: %(default)s; "
+                             "see benchmarks/timing.py for why)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
         os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)  # numpy's pool, in the children
     if args.peer_case:
-        _peer_case_main(args.peer_case[0], int(args.peer_case[1]), int(args.peer_case[2]), args.peer_case[3])
+        _peer_case_main(args.peer_case[0], int(args.peer_case[1]), int(args.peer_case[2]), args.peer_case[3],
+                        args.stat)
         return
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     env = environment(device)
@@ -340,20 +409,24 @@ def main(argv: list[str] | None = None) -> None:
         env["allocator"] = "glibc, mmap/trim off (no page faults)" if keep_heap_mapped() else "default"
     fwht_rows: list[FwhtRow] = []
     for case in tqdm(fwht_cases(device, args.quick), desc="fwht", leave=False):
-        fwht_rows += run_fwht_case(case, device)
+        fwht_rows += run_fwht_case(case, device, args.stat)
     clf_rows: list[ClassifierRow] = []
     for case in tqdm(classifier_cases(device, args.quick), desc="classifier", leave=False):
-        clf_rows += run_classifier_case(case, device)
+        clf_rows += run_classifier_case(case, device, args.stat)
     slug = re.sub(r"[^a-z0-9]+", "-", f"{device.type} {env['device']}".lower()).strip("-")
     slug += "-quick" if args.quick else ""
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, slug)
+    env["timing"] = f"{args.stat} of interleaved rounds, ratios paired per round (benchmarks/timing.py)"
     header = ", ".join(f"{k} {v}" for k, v in env.items())
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    noisy = sum(is_noisy(r, threads) for r in [*fwht_rows, *clf_rows])
     md = (
         f"# hadamard_kernels benchmark: {env['device']}\n\n{header}\n\n"
-        "## fwht: median ms (time / x.clone() time)\n\n" + fwht_markdown(fwht_rows) + "\n\n"
-        "## Fixed classifier: median ms (speedup over the nn.Linear head)\n\n"
-        + classifier_markdown(clf_rows) + "\n"
+        f"## fwht: {args.stat} ms (time / x.clone() time)\n\n" + fwht_markdown(fwht_rows, threads) + "\n\n"
+        f"## Fixed classifier: {args.stat} ms (speedup over the nn.Linear head)\n\n"
+        + classifier_markdown(clf_rows, threads) + "\n\n"
+        + FOOTNOTE.format(noisy=NOISY) + "\n"
     )
     with open(stem + ".md", "w") as f:
         f.write(md)
@@ -363,6 +436,9 @@ def main(argv: list[str] | None = None) -> None:
                    "classifier": [dataclasses.asdict(r) for r in clf_rows]}, f, indent=1)
     plot(fwht_rows, clf_rows, header, stem + ".png")
     print(md)
+    if noisy:
+        print(f"sweep: {noisy} cells marked † (noisy): compare their ratios with care, or re-run them "
+              "on a quiet machine or with fewer --threads")
     print(f"wrote {stem}.json, .md, .png")
 
 
