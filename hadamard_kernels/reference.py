@@ -10,11 +10,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hadamard_kernels.orders import FHT_ORDERS, ORDERS, fht_padded_size, hadamard_k, split_order
+
 __all__ = [
     "next_pow2",
     "hadamard_matrix",
     "hadamard_transform_reference",
     "fwht_reference",
+    "hadamard_transform_kn_reference",
+    "hadamard_transform_order_reference",
     "hadamard_classifier_reference",
 ]
 
@@ -70,6 +74,61 @@ def fwht_reference(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """``scale * x @ H_n.T`` over the last dim (n not a power of two: x is zero-padded
     to the next power of two and the first n outputs are kept). Shape (..., n) -> (..., n)."""
     return hadamard_transform_reference(x, x.shape[-1], scale)
+
+
+def _kron_transform(x: torch.Tensor, h_k: torch.Tensor) -> torch.Tensor:
+    """``(H_K kron H_m) @ x`` over the last dim, n = x.shape[-1] = K * m, m a power of two:
+    view x as (..., K, m) (index a * m + b), Sylvester-transform each length-m row, then
+    multiply by H_K along the K axis."""
+    k, n = h_k.shape[0], x.shape[-1]
+    y = _fwht_pow2(x.reshape(*x.shape[:-1], k, n // k))
+    return (h_k @ y).reshape(x.shape)
+
+
+def hadamard_transform_kn_reference(
+    x: torch.Tensor, K: int, scale: float = 1.0, *, transpose: bool = False
+) -> torch.Tensor:
+    """fast-hadamard-transform's ``hadamard_transform_{K}N(x, scale)``, K in FHT_ORDERS.
+
+    x is zero-padded to M = K * 2^k = ``fht_padded_size(n, K)`` (2^k = max(4,
+    next_pow2(ceil(n / K)))), transformed by ``scale * (H_K kron H_{2^k})`` with H_K =
+    ``hadamard_k(K, family="fht")`` acting on the high digit a of the index a * 2^k + b, and
+    the first n outputs are kept. ``transpose=True`` uses H_K^T: the adjoint, i.e. the
+    gradient (padding and truncation are each other's adjoints). Shape (..., n) -> (..., n).
+    """
+    if K not in FHT_ORDERS:
+        raise ValueError(f"hadamard_transform_kn_reference: K must be one of {FHT_ORDERS}, got {K}")
+    n = x.shape[-1]
+    work = x.to(torch.promote_types(x.dtype, torch.float32))
+    h_k = hadamard_k(K, dtype=work.dtype, device=x.device, family="fht")
+    h_k = h_k.T if transpose else h_k
+    y = _kron_transform(F.pad(work, (0, fht_padded_size(n, K) - n)), h_k)[..., :n]
+    return (scale * y).to(x.dtype)
+
+
+def hadamard_transform_order_reference(
+    x: torch.Tensor, scale: float = 1.0, *, K: int | None = None, transpose: bool = False
+) -> torch.Tensor:
+    """The general transform ``scale * (H_K kron H_{2^k}) @ x`` over the last dim, n =
+    x.shape[-1] = K * 2^k exactly (no padding), H_K = ``hadamard_k(K)`` (the rotation family,
+    QuaRot / SpinQuant) on the high digit a of the index a * 2^k + b.
+
+    K = None takes ``split_order(n)``; an explicit K (1 or in ORDERS) must divide n with a
+    power-of-two quotient (K=20 for n = 40 * 2^k gives QuIP#'s split). ``transpose=True``
+    uses H_K^T (QuaRot's ``matmul_hadUt``; the adjoint). With scale = 1/sqrt(n) this is
+    QuaRot's ``matmul_hadU``. Shape (..., n) -> (..., n).
+    """
+    n = x.shape[-1]
+    if K is None:
+        K, _ = split_order(n)
+    elif not ((K == 1 or K in ORDERS) and n > 0 and n % K == 0 and (n // K) & (n // K - 1) == 0):
+        raise ValueError(
+            f"hadamard_transform_order_reference: K={K} does not split n={n} as K * 2^k with K = 1 or in {ORDERS}"
+        )
+    work = x.to(torch.promote_types(x.dtype, torch.float32))
+    h_k = hadamard_k(K, dtype=work.dtype, device=x.device)
+    h_k = h_k.T if transpose else h_k
+    return (scale * _kron_transform(work, h_k)).to(x.dtype)
 
 
 def hadamard_classifier_reference(
