@@ -191,7 +191,9 @@ def fwht_cases(device: torch.device, quick: bool) -> list[FwhtCase]:
         cases += [FwhtCase(d, n, rows) for d in dtypes for n in ns for rows in (1, 256)]
         return cases
     ns = [2**k for k in ((6, 10, 14) if quick else (*range(4, 17), 20))]
-    return [FwhtCase("float32", n, 2**22 // n) for n in ns]
+    # One row: the latency of a single call (issue 10's target: fwht(1, 1024) <= 3x x.clone()).
+    latency = [2**10] if quick else [2**6, 2**10, 2**14]
+    return [FwhtCase("float32", n, 2**22 // n) for n in ns] + [FwhtCase("float32", n, 1) for n in latency]
 
 
 def run_fwht_case(case: FwhtCase, device: torch.device, stat: str) -> list[FwhtRow]:
@@ -231,7 +233,7 @@ def classifier_cases(device: torch.device, quick: bool) -> list[ClassifierCase]:
     else:
         batches, dtype = (1, 16, 256), "float32"
     if quick:
-        shapes, batches = shapes[:2], batches[-1:]
+        shapes, batches = shapes[:2], (batches[0], batches[-1])
     return [ClassifierCase(n, c, b, dtype) for n, c in shapes for b in batches]
 
 

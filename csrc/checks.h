@@ -33,8 +33,9 @@ inline void check_sizes(int64_t in_features, int64_t out_features, const char* o
 inline void check_scale(const at::Tensor& scale, const at::Tensor& x, const char* op) {
   TORCH_CHECK_VALUE(scale.numel() == 1, op, ": scale must have exactly one element, got shape ",
                     scale.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(scale.scalar_type()), op,
-                   ": scale must be a floating-point tensor, got ", scale.scalar_type());
+  TORCH_CHECK_TYPE(is_supported_dtype(scale.scalar_type()), op,
+                   ": scale must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
+                   scale.scalar_type());
   TORCH_CHECK_VALUE(scale.device() == x.device(), op, ": scale is on ", scale.device(),
                     " but x is on ", x.device());
 }
@@ -73,8 +74,10 @@ inline void check_backward_args(const at::Tensor& grad_y, const at::Tensor& x, c
                     x.device());
 }
 
-// (rows, n) view of x with n = x.size(-1); copies only if no such view exists.
+// (rows, n) view of x with n = x.size(-1); copies only if no such view exists. A 2-d x is
+// returned as it is (no new view: a batch-1 call is dominated by such fixed costs).
 inline at::Tensor as_rows(const at::Tensor& x) {
+  if (x.dim() == 2) return x;
   return x.reshape({-1, x.size(-1)});
 }
 

@@ -64,29 +64,37 @@ inline int64_t reduced_size(int64_t in_features, int64_t out_features) {
   return next_pow2(std::min(in_features, out_features));
 }
 
-// Reductions run on kPartials independent lanes held in one vector variable: vectorised,
-// and in a fixed order (deterministic), which strict IEEE summation would not allow.
-constexpr int64_t kPartials = 16;
-template <typename T> struct Partials;
-template <> struct Partials<float> { typedef float type __attribute__((vector_size(64))); };
-template <> struct Partials<double> { typedef double type __attribute__((vector_size(128))); };
+// Reductions run on kPartials<T> independent lanes held in one vector variable: vectorised,
+// and in a fixed order (deterministic for a build), which strict IEEE summation would not
+// allow. One native register wide: a wider generic vector is split by GCC into pieces that
+// travel through the stack and general registers (measured: 16 float lanes on AVX2 made
+// the classifier's fold 4x slower than the transform itself).
+#if defined(__AVX512F__)
+constexpr int kPartialBytes = 64;
+#elif defined(__AVX__)
+constexpr int kPartialBytes = 32;
+#else
+constexpr int kPartialBytes = 16;
+#endif
+template <typename T> constexpr int64_t kPartials = kPartialBytes / sizeof(T);
+template <typename T> struct Partials { typedef T type __attribute__((vector_size(kPartialBytes))); };
 template <typename T> using PartialsT = typename Partials<T>::type;
 
 template <typename acc_t>
 inline acc_t lane_sum(PartialsT<acc_t> v) {
   acc_t s = 0;
-  for (int64_t j = 0; j < kPartials; ++j) s += v[j];
+  for (int64_t j = 0; j < kPartials<acc_t>; ++j) s += v[j];
   return s;
 }
 
-// kPartials values of src starting at i, converted to acc_t.
+// kPartials<acc_t> values of src starting at i, converted to acc_t.
 template <bool kContiguous, typename scalar_t, typename acc_t>
 inline PartialsT<acc_t> load_lanes(const scalar_t* src, int64_t i, int64_t stride) {
   PartialsT<acc_t> v;
   if constexpr (kContiguous && std::is_same_v<scalar_t, acc_t>) {
     __builtin_memcpy(&v, src + i, sizeof(v));
   } else {
-    for (int64_t j = 0; j < kPartials; ++j) v[j] = static_cast<acc_t>(src[kContiguous ? i + j : (i + j) * stride]);
+    for (int64_t j = 0; j < kPartials<acc_t>; ++j) v[j] = static_cast<acc_t>(src[kContiguous ? i + j : (i + j) * stride]);
   }
   return v;
 }
@@ -96,7 +104,7 @@ template <bool kAdd, bool kSumSq, bool kContiguous, typename scalar_t, typename 
 inline void load_block(const scalar_t* src, int64_t stride, int64_t len, acc_t* dst, PartialsT<acc_t>& sumsq) {
   using P = PartialsT<acc_t>;
   int64_t i = 0;
-  for (; i + kPartials <= len; i += kPartials) {
+  for (; i + kPartials<acc_t> <= len; i += kPartials<acc_t>) {
     P v = load_lanes<kContiguous, scalar_t, acc_t>(src, i, stride);
     if (kSumSq) sumsq += v * v;
     if (kAdd) {
@@ -132,13 +140,13 @@ inline acc_t load_folded(const scalar_t* row, int64_t stride, int64_t n, acc_t* 
                      : load_folded_impl<kSumSq, false>(row, stride, n, buf, t);
 }
 
-// sum_i a[i] * b[i] on kPartials lanes.
+// sum_i a[i] * b[i] on kPartials<acc_t> lanes.
 template <typename acc_t>
 inline acc_t dot(const acc_t* a, const acc_t* b, int64_t n) {
   using P = PartialsT<acc_t>;
   P sum = {};
   int64_t i = 0;
-  for (; i + kPartials <= n; i += kPartials) {
+  for (; i + kPartials<acc_t> <= n; i += kPartials<acc_t>) {
     P va, vb;
     __builtin_memcpy(&va, a + i, sizeof(P));
     __builtin_memcpy(&vb, b + i, sizeof(P));
@@ -244,6 +252,16 @@ inline double scaled_inv_norm(double sumsq, int k, double eps) {
   return norm >= std::ldexp(eps, k) ? 1 / norm : std::ldexp(1 / eps, -k);
 }
 
+// The value of the one-element CPU tensor scale, read in place (Tensor::item() costs a
+// dispatcher round trip, comparable to the whole kernel at batch 1).
+inline double scale_value(const at::Tensor& scale) {
+  double v = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scale.scalar_type(), "scale_value", [&] {
+    v = static_cast<double>(*scale.const_data_ptr<scalar_t>());
+  });
+  return v;
+}
+
 template <typename scalar_t>
 void classifier_forward_kernel(const scalar_t* x, const scalar_t* bias, scalar_t* y,
                                const ClassifierParams cp) {
@@ -282,7 +300,7 @@ at::Tensor classifier_forward_cpu(const at::Tensor& x, const at::Tensor& scale,
   at::Tensor y = at::empty(with_last_dim(x, num_classes), x.options());
   if (y.numel() == 0) return y;
   const at::Tensor rows = as_rows(x);
-  ClassifierParams cp{make_params(rows, num_classes, scale.item<double>()), normalize, eps};
+  ClassifierParams cp{make_params(rows, num_classes, scale_value(scale)), normalize, eps};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "classifier_forward_cpu", [&] {
     classifier_forward_kernel<scalar_t>(rows.const_data_ptr<scalar_t>(),
                                         bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr,
@@ -343,7 +361,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cpu(
   const int64_t chunks = std::min<int64_t>(rows, 64);
   std::vector<double> partial(static_cast<size_t>(std::max<int64_t>(chunks, 1)), 0.0);
   if (rows > 0) {
-    ClassifierParams cp{make_params(g_rows, x.size(-1), scale.item<double>()), normalize, eps};
+    ClassifierParams cp{make_params(g_rows, x.size(-1), scale_value(scale)), normalize, eps};
     const int64_t per_chunk = (rows + chunks - 1) / chunks;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "classifier_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;

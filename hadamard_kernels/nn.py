@@ -149,6 +149,9 @@ class HadamardClassifier(_FixedClassifier):
             raise ValueError(
                 f"HadamardClassifier: expected {self.in_features} input features, got shape {tuple(x.shape)}"
             )
+        y = ops.classifier_fast_path(x, self.num_classes, self.scale, self.bias, self.normalize, self.eps, self.backend)
+        if y is not None:
+            return y
         return hadamard_classifier(
             x, self.num_classes, self.scale, self.bias, normalize=self.normalize, eps=self.eps, backend=self.backend
         )

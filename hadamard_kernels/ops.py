@@ -55,6 +55,7 @@ def register_backend(name: str, usable: Callable[[torch.device], bool]) -> None:
         raise ValueError(f"register_backend: name must be one of {BACKENDS}, got {name!r}")
     _EXTRA_BACKENDS[name] = usable
     _AVAILABLE.clear()
+    _FAST_OPS.clear()
 
 
 # device -> usable backends. A plain dict, not functools.lru_cache: torch.compile traces
@@ -78,6 +79,21 @@ def _available(device: torch.device) -> tuple[str, ...]:
             found.append(name)
     _AVAILABLE[device] = tuple(found)
     return _AVAILABLE[device]
+
+
+# The eager fast path of fwht and hadamard_classifier (issue 10, item 4: at batch 1 the
+# Python checks cost as much as the kernel). (public function, backend, device) -> the
+# C++ entry of the op that the full path resolved there (OpOverload._op: the OpOverload's
+# own __call__ is a Python frame around it), cached after its first successful call. The fast
+# path calls that op directly and leaves the checks to the op's C++ code; if the
+# op raises, the call is repeated through the full path, whose checks then raise the
+# error that names the public function and argument (or, the arguments being valid, the
+# op raises its own error again). Not taken under torch.compile, which traces the full path.
+_FAST_OPS: dict[tuple[str, str, torch.device], Callable] = {}
+_OP_ERRORS = (RuntimeError, TypeError, ValueError, AttributeError, IndexError)
+_is_compiling = torch.compiler.is_compiling  # bound once: it is checked on every call
+# eps at or above this passes _check_eps for every dtype (1 / the largest float32).
+_EPS_ALWAYS_OK = 1.0 / torch.finfo(torch.float32).max
 
 
 def available_backends(device: torch.device | str | None = None) -> tuple[str, ...]:
@@ -148,6 +164,13 @@ def fwht(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torch
     of the package ``fast-hadamard-transform``. Differentiable: the backward is
     ``fwht(grad, scale)``, H being symmetric. n up to 2^20.
     """
+    if (type(scale) is float or type(scale) is int) and not _is_compiling():
+        try:
+            op = _FAST_OPS.get(("fwht", backend, x.device))
+            if op is not None:
+                return op(x, x.shape[-1], float(scale))
+        except _OP_ERRORS:
+            pass  # the full path below raises the error with the argument's name
     _check_input(x, "fwht")
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"fwht: scale must be a real number, got {type(scale).__name__}")
@@ -157,8 +180,32 @@ def fwht(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torch
     if name == "reference":
         return reference.fwht_reference(x, float(scale))
     if name == "triton":
-        return torch.ops.hadamard_kernels.hadamard_transform_triton(x, n, float(scale))
-    return torch.ops.hadamard_kernels.hadamard_transform(x, n, float(scale))
+        op = torch.ops.hadamard_kernels.hadamard_transform_triton.default
+    else:
+        op = torch.ops.hadamard_kernels.hadamard_transform.default
+    y = op(x, n, float(scale))
+    if name in ("cpu", "cuda"):  # ops whose C++ checks are complete
+        _FAST_OPS[("fwht", backend, x.device)] = op._op
+    return y
+
+
+def classifier_fast_path(x, num_classes, scale, bias, normalize, eps, backend) -> torch.Tensor | None:
+    """``hadamard_classifier(x, ...)`` through the op cached in _FAST_OPS, or None where the
+    full path must run (first call, torch.compile, arguments the op cannot take as they are,
+    or any error). Shared with the nn.HadamardClassifier module, whose forward calls it
+    first: one Python frame and no keyword arguments between the module and the op."""
+    if _is_compiling():
+        return None
+    try:
+        fwd = _FAST_OPS.get(("hadamard_classifier", backend, x.device))
+        # The full path casts a bias of another dtype and makes a tensor of a float scale;
+        # the op checks everything else.
+        if (fwd is not None and type(num_classes) is int and isinstance(scale, torch.Tensor)
+                and eps >= _EPS_ALWAYS_OK and (bias is None or bias.dtype == x.dtype)):
+            return fwd(x, scale, bias, num_classes, normalize, eps)
+    except _OP_ERRORS:
+        pass  # the full path raises the error with the argument's name
+    return None
 
 
 def hadamard_classifier(
@@ -196,6 +243,9 @@ def hadamard_classifier(
 
     Gradients flow to x, scale and bias.
     """
+    y = classifier_fast_path(x, num_classes, scale, bias, normalize, eps, backend)
+    if y is not None:
+        return y
     op = "hadamard_classifier"
     _check_input(x, op)
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
@@ -237,10 +287,13 @@ def hadamard_classifier(
             x, num_classes, scale, bias, normalize=normalize, eps=eps
         )
     if name == "triton":
-        fwd = torch.ops.hadamard_kernels.classifier_forward_triton
+        fwd = torch.ops.hadamard_kernels.classifier_forward_triton.default
     else:
-        fwd = torch.ops.hadamard_kernels.classifier_forward
-    return fwd(x, scale, bias, num_classes, normalize, eps)
+        fwd = torch.ops.hadamard_kernels.classifier_forward.default
+    y = fwd(x, scale, bias, num_classes, normalize, eps)
+    if name in ("cpu", "cuda"):  # ops whose C++ checks are complete
+        _FAST_OPS[("hadamard_classifier", backend, x.device)] = fwd._op
+    return y
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,9 +318,12 @@ def _classifier_forward_fake(x, scale, bias, num_classes, normalize, eps):
     torch._check(x.dtype in _FLOAT_DTYPES, lambda: f"classifier_forward: unsupported dtype {x.dtype}")
     torch._check(num_classes >= 1, lambda: "classifier_forward: num_classes must be >= 1")
     torch._check(scale.numel() == 1, lambda: "classifier_forward: scale must have one element")
+    # A meta tensor among cpu ones dispatches here: the devices must be checked here too.
+    torch._check(scale.device == x.device, lambda: f"classifier_forward: scale is on {scale.device}, x on {x.device}")
     if bias is not None:
         torch._check(bias.shape == (num_classes,), lambda: "classifier_forward: bias must be (num_classes,)")
         torch._check(bias.dtype == x.dtype, lambda: "classifier_forward: bias dtype must equal x dtype")
+        torch._check(bias.device == x.device, lambda: f"classifier_forward: bias is on {bias.device}, x on {x.device}")
     return x.new_empty(_out_shape(x, num_classes))
 
 
@@ -275,6 +331,8 @@ def _classifier_forward_fake(x, scale, bias, num_classes, normalize, eps):
 def _classifier_backward_fake(grad_y, x, scale, normalize, eps):
     torch._check(grad_y.shape[:-1] == x.shape[:-1], lambda: "classifier_backward: grad_y/x shape mismatch")
     torch._check(grad_y.dtype == x.dtype, lambda: "classifier_backward: grad_y dtype must equal x dtype")
+    torch._check(grad_y.device == x.device and scale.device == x.device,
+                 lambda: "classifier_backward: grad_y, x and scale must be on one device")
     return classifier_backward_outputs(grad_y, x, scale)
 
 
@@ -291,27 +349,9 @@ def classifier_backward_outputs(grad_y: torch.Tensor, x: torch.Tensor, scale: to
 
 
 # ---------------------------------------------------------------------------------------
-# Autograd.
-#
-# hadamard_transform: y = s * H_M[:out, :in] x, so dL/dx = s * H_M[:out, :in]^T g
-#   = s * H_M[:in, :out] g (H_M is symmetric): the same op with out and in swapped.
-#   Its backward is again an op with registered autograd, so higher orders work too.
-# classifier_forward: one fused backward op (formulas in csrc/hadamard.h) for a plain
-#   backward. When the backward itself is differentiated (create_graph=True: gradient
-#   penalties, gradgradcheck), the same formulas are written with
-#   differentiable torch ops around the transform op instead, so every order is exact.
-#   The fused backward op has no derivative of its own: differentiating it raises.
-
-
-def _transform_setup_context(ctx, inputs, output) -> None:
-    x, _, scale = inputs
-    ctx.in_features = x.shape[-1]
-    ctx.scale = scale
-
-
-def _transform_backward(ctx, grad: torch.Tensor):
-    grad_x = torch.ops.hadamard_kernels.hadamard_transform(grad, ctx.in_features, ctx.scale)
-    return grad_x, None, None
+# Autograd of the Triton classifier (triton_kernels.py). The C++ ops carry their autograd in
+# C++ (csrc/autograd.cpp, cheaper per call); classifier_grads_differentiable below is the
+# Python twin of the differentiable backward there, with the transform as a parameter.
 
 
 def classifier_setup_context(ctx, inputs, output) -> None:
@@ -393,28 +433,3 @@ def make_classifier_backward(backward_op: Callable, transform: Callable | None =
         return grad_x, grad_scale, grad_bias, None, None, None
 
     return backward
-
-
-def _not_differentiable(op: str) -> Callable:
-    def backward(ctx, *grads):
-        raise RuntimeError(
-            f"{op} is not differentiable: it is the fused first derivative of the classifier. "
-            f"For higher derivatives differentiate hadamard_classifier (create_graph=True), "
-            f"which then computes its backward with differentiable ops"
-        )
-
-    return backward
-
-
-torch.library.register_autograd(
-    "hadamard_kernels::hadamard_transform", _transform_backward, setup_context=_transform_setup_context
-)
-torch.library.register_autograd(
-    "hadamard_kernels::classifier_forward",
-    make_classifier_backward(torch.ops.hadamard_kernels.classifier_backward),
-    setup_context=classifier_setup_context,
-)
-# Without this, torch's fallback would warn and return zero gradients through the op.
-torch.library.register_autograd(
-    "hadamard_kernels::classifier_backward", _not_differentiable("hadamard_kernels::classifier_backward")
-)

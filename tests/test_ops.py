@@ -886,6 +886,89 @@ def test_direct_op_rejects_float8(op):
 
 
 # ---------------------------------------------------------------------------------------
+# The eager fast path (ops._FAST_OPS): after a first successful call the op is called
+# without the Python checks; every bad input must still raise the full path's error.
+
+
+def _warm_fast_path():
+    hk.fwht(torch.randn(2, 8))
+    hk.hadamard_classifier(torch.randn(2, 8), 3, torch.tensor(0.5), torch.zeros(3))
+    assert ("fwht", "auto", torch.device("cpu")) in hk.ops._FAST_OPS
+    assert ("hadamard_classifier", "auto", torch.device("cpu")) in hk.ops._FAST_OPS
+
+
+FAST_PATH_ERRORS = {
+    "fwht-dtype": (TypeError, r"fwht: x must be float32", lambda: hk.fwht(torch.ones(2, 4, dtype=torch.int32))),
+    "fwht-0d": (ValueError, "fwht: x must have at least 1 dimension", lambda: hk.fwht(torch.tensor(1.0))),
+    "fwht-list": (TypeError, "fwht: x must be a torch.Tensor", lambda: hk.fwht([1.0, 2.0])),
+    "fwht-bool-scale": (TypeError, "fwht: scale must be a real number", lambda: hk.fwht(torch.ones(4), True)),
+    "fwht-size": (ValueError, "fwht: transform size", lambda: hk.fwht(torch.empty(1, 2**20 + 1))),
+    "fwht-backend": (ValueError, "fwht: backend must be", lambda: hk.fwht(torch.ones(4), backend="nonsense")),
+    "clf-dtype": (TypeError, "hadamard_classifier: x must be float32",
+                  lambda: hk.hadamard_classifier(torch.ones(2, 4, dtype=torch.int64), 3, torch.tensor(1.0))),
+    "clf-bool-classes": (TypeError, "num_classes must be an int",
+                         lambda: hk.hadamard_classifier(torch.ones(2, 4), True, torch.tensor(1.0))),
+    "clf-classes": (ValueError, "num_classes must be >= 1",
+                    lambda: hk.hadamard_classifier(torch.ones(2, 4), 0, torch.tensor(1.0))),
+    "clf-scale-shape": (ValueError, "scale must be a 0-d or 1-element tensor",
+                        lambda: hk.hadamard_classifier(torch.ones(2, 4), 3, torch.ones(2))),
+    "clf-scale-meta": (ValueError, "scale is on meta but x is on cpu",
+                       lambda: hk.hadamard_classifier(torch.ones(2, 4), 3, torch.empty((), device="meta"))),
+    "clf-bias-meta": (ValueError, "bias is on meta but x is on cpu",
+                      lambda: hk.hadamard_classifier(torch.ones(2, 4), 3, torch.tensor(1.0),
+                                                     torch.empty(3, device="meta"))),
+    "clf-bias-shape": (ValueError, r"bias must have shape \(num_classes,\)",
+                       lambda: hk.hadamard_classifier(torch.ones(2, 4), 3, torch.tensor(1.0), torch.zeros(4))),
+    "clf-bias-list": (TypeError, "bias must be a tensor or None",
+                      lambda: hk.hadamard_classifier(torch.ones(2, 4), 3, torch.tensor(1.0), [0.0] * 3)),
+    "clf-eps-zero": (ValueError, "eps must be > 0",
+                     lambda: hk.hadamard_classifier(torch.ones(2, 4), 3, torch.tensor(1.0), eps=0.0)),
+    "clf-eps-tiny": (ValueError, r"eps must be >= 2\.94e-39",
+                     lambda: hk.hadamard_classifier(torch.ones(2, 4), 3, torch.tensor(1.0), eps=1e-40)),
+}
+
+
+@pytest.mark.parametrize("name", list(FAST_PATH_ERRORS))
+def test_fast_path_keeps_the_named_errors(name):
+    _warm_fast_path()
+    exc, match, call = FAST_PATH_ERRORS[name]
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_fast_path_casts_bias_and_takes_float_scale():
+    # What the full path accepts beyond the op's signature must still work after warm-up.
+    _warm_fast_path()
+    x = torch.randn(3, 8, dtype=torch.float64)
+    bias = torch.randn(5)  # float32 bias, float64 x: cast by the full path
+    want = R.hadamard_classifier_reference(x, 5, torch.tensor(0.5, dtype=torch.float64), bias.double())
+    assert rel_err(hk.hadamard_classifier(x, 5, 0.5, bias), want) <= RTOL[torch.float64]
+    assert rel_err(hk.fwht(x, 2), R.fwht_reference(x, 2.0)) <= RTOL[torch.float64]
+
+
+def test_autograd_builds_a_node_only_when_needed():
+    # C++ autograd (csrc/autograd.cpp): no graph node without grad, one with it, and the
+    # node's gradients are those of the reference.
+    x = torch.randn(4, 8, dtype=torch.float64)
+    scale = torch.tensor(0.7, dtype=torch.float64)
+    for fn in (lambda t, s: hk.fwht(t, 0.5), lambda t, s: hk.hadamard_classifier(t, 5, s)):
+        assert fn(x, scale).grad_fn is None
+        xg, sg = x.detach().requires_grad_(), scale.detach().requires_grad_()
+        with torch.no_grad():
+            assert fn(xg, sg).grad_fn is None
+        with torch.inference_mode():
+            assert not fn(x, scale).requires_grad
+        y = fn(xg, sg)
+        assert y.grad_fn is not None and y.requires_grad
+    # Only the scale requires grad: a node all the same, with the reference's gradient.
+    s = scale.detach().requires_grad_()
+    g, = torch.autograd.grad(hk.hadamard_classifier(x, 5, s).sum(), s)
+    s_ref = scale.detach().requires_grad_()
+    g_ref, = torch.autograd.grad(R.hadamard_classifier_reference(x, 5, s_ref).sum(), s_ref)
+    assert rel_err(g, g_ref) <= RTOL[torch.float64]
+
+
+# ---------------------------------------------------------------------------------------
 # Import cost (measured, not timed here: see README): torch._dynamo alone about doubles it
 
 

@@ -1,0 +1,212 @@
+// Autograd of the hadamard_kernels ops, in C++ for every device (one Autograd-key kernel
+// each, redispatching to the CPU or CUDA kernel below it). In C++ rather than through
+// torch.library.register_autograd so that an eager call costs a few microseconds, not the
+// ~10 us of a Python autograd.Function (issue 10, item 4).
+//
+//   hadamard_transform: y = s H_M[:out, :in] x, so dL/dx = s H_M[:in, :out] g (H_M is
+//     symmetric): the same op with in and out swapped, itself differentiable, so every
+//     order of derivative is exact.
+//   classifier_forward: for a plain backward, the fused classifier_backward op (formulas in
+//     hadamard.h). When the backward is itself differentiated (create_graph=True: gradient
+//     penalties, gradgradcheck), the same formulas are computed with differentiable ATen ops
+//     around the transform op instead (classifier_grads_differentiable below). The fused
+//     backward op has no derivative: differentiating it raises.
+//
+// No input requiring grad, or grad mode off: the kernel is called directly, with no graph
+// node. The Triton ops (Python custom ops) keep their autograd in hadamard_kernels/ops.py,
+// whose classifier_grads_differentiable is the Python twin of the function below.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <optional>
+
+namespace hadamard_kernels {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::Tensor transform_op(const at::Tensor& x, int64_t out_features, double scale) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("hadamard_kernels::hadamard_transform", "")
+                             .typed<at::Tensor(const at::Tensor&, int64_t, double)>();
+  return op.call(x, out_features, scale);
+}
+
+at::Tensor classifier_forward_op(const at::Tensor& x, const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+                                 int64_t num_classes, bool normalize, double eps) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("hadamard_kernels::classifier_forward", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t, bool,
+                            double)>();
+  return op.call(x, scale, bias, num_classes, normalize, eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_op(const at::Tensor& grad_y, const at::Tensor& x,
+                                                                      const at::Tensor& scale, bool normalize,
+                                                                      double eps) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("hadamard_kernels::classifier_backward", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, double)>();
+  return op.call(grad_y, x, scale, normalize, eps);
+}
+
+// The last dimension as an int: a guard under torch.compile when it is symbolic (the
+// schemas take plain ints, so the feature size is specialised anyway).
+int64_t last_dim(const at::Tensor& x) { return x.sym_size(-1).guard_int(__FILE__, __LINE__); }
+
+bool needs_graph(std::initializer_list<const at::Tensor*> inputs) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : inputs)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+class TransformFunction : public torch::autograd::Function<TransformFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t out_features, double scale) {
+    ctx->saved_data["in_features"] = last_dim(x);
+    ctx->saved_data["scale"] = scale;
+    at::AutoDispatchBelowADInplaceOrView below;
+    return transform_op(x, out_features, scale);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const int64_t in_features = ctx->saved_data["in_features"].toInt();
+    const double scale = ctx->saved_data["scale"].toDouble();
+    return {transform_op(grads[0], in_features, scale), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor transform_autograd(const at::Tensor& x, int64_t out_features, double scale) {
+  if (!needs_graph({&x})) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return transform_op(x, out_features, scale);
+  }
+  return TransformFunction::apply(x, out_features, scale);
+}
+
+// ||x||_2 over the last dim (keepdim) without overflow or underflow: a ||x / a|| with
+// a = max |x| (LAPACK's nrm2 scaling). It equals ||x|| for every a > 0, so its derivatives
+// of every order with respect to a vanish and autograd through it is exact.
+at::Tensor row_norm(const at::Tensor& x) {
+  at::Tensor a = x.abs().amax({-1}, /*keepdim=*/true);
+  a = at::where(a > 0, a, at::ones_like(a));
+  return a * at::linalg_vector_norm(x / a, 2, {-1}, /*keepdim=*/true);
+}
+
+// (grad_x, grad_scale, grad_bias) of the classifier as classifier_backward returns them,
+// computed with differentiable ATen ops. With g = dL/dy, u = H_M[:N, :C] g (the adjoint),
+// r = ||x||, d = max(r, eps):
+//   dL/dscale = sum u . x_hat,  dL/dbias = sum g,
+//   dL/dx = (scale u - [r >= eps] x_hat (x_hat . scale u)) / d   (normalize)
+//         = scale u                                             (otherwise).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_grads_differentiable(const at::Tensor& grad,
+                                                                               const at::Tensor& x,
+                                                                               const at::Tensor& scale,
+                                                                               bool normalize, double eps) {
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t n = last_dim(x);
+  const int64_t c = last_dim(grad);
+  const at::Tensor g = grad.to(acc);
+  const at::Tensor xa = x.to(acc);
+  const at::Tensor s = scale.to(acc).reshape({});
+  const at::Tensor u = transform_autograd(g, n, 1.0);
+  at::Tensor x_hat, grad_x;
+  if (normalize) {
+    const at::Tensor r = row_norm(xa);
+    const at::Tensor d = r.clamp_min(eps);
+    x_hat = xa / d;
+    const at::Tensor v = s * u;
+    const at::Tensor proj = at::where(r >= eps, (x_hat * v).sum({-1}, /*keepdim=*/true), at::zeros_like(r));
+    grad_x = (v - x_hat * proj) / d;
+  } else {
+    x_hat = xa;
+    grad_x = s * u;
+  }
+  at::Tensor grad_scale = (u * x_hat).sum().to(scale.scalar_type()).reshape(scale.sizes());
+  at::Tensor grad_bias = g.reshape({-1, c}).sum(0);
+  return {grad_x.to(x.scalar_type()), grad_scale, grad_bias};
+}
+
+class ClassifierFunction : public torch::autograd::Function<ClassifierFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale,
+                            const std::optional<at::Tensor>& bias, int64_t num_classes, bool normalize, double eps) {
+    ctx->save_for_backward({x, scale});
+    ctx->saved_data["bias_dtype"] = bias.has_value() ? c10::IValue(bias->scalar_type()) : c10::IValue();
+    ctx->saved_data["normalize"] = normalize;
+    ctx->saved_data["eps"] = eps;
+    at::AutoDispatchBelowADInplaceOrView below;
+    return classifier_forward_op(x, scale, bias, num_classes, normalize, eps);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const bool normalize = ctx->saved_data["normalize"].toBool();
+    const double eps = ctx->saved_data["eps"].toDouble();
+    auto [grad_x, grad_scale, grad_bias] =
+        at::GradMode::is_enabled() ? classifier_grads_differentiable(grads[0], saved[0], saved[1], normalize, eps)
+                                   : classifier_backward_op(grads[0], saved[0], saved[1], normalize, eps);
+    const c10::IValue& bias_dtype = ctx->saved_data["bias_dtype"];
+    grad_bias = bias_dtype.isNone() ? at::Tensor() : grad_bias.to(bias_dtype.toScalarType());
+    return {grad_x, grad_scale, grad_bias, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor classifier_forward_autograd(const at::Tensor& x, const at::Tensor& scale,
+                                       const std::optional<at::Tensor>& bias, int64_t num_classes, bool normalize,
+                                       double eps) {
+  const at::Tensor& b = bias.has_value() ? *bias : x;  // x stands in for an absent bias
+  if (!needs_graph({&x, &scale, &b})) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return classifier_forward_op(x, scale, bias, num_classes, normalize, eps);
+  }
+  return ClassifierFunction::apply(x, scale, bias, num_classes, normalize, eps);
+}
+
+// The fused backward is a first derivative only; without this, torch's fallback would warn
+// and return zero gradients through it.
+class NotDifferentiable : public torch::autograd::Function<NotDifferentiable> {
+ public:
+  static variable_list forward(AutogradContext*, const at::Tensor& grad_y, const at::Tensor& x,
+                               const at::Tensor& scale, bool normalize, double eps) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [gx, gs, gb] = classifier_backward_op(grad_y, x, scale, normalize, eps);
+    return {gx, gs, gb};
+  }
+
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(false,
+                "hadamard_kernels::classifier_backward is not differentiable: it is the fused first derivative "
+                "of the classifier. For higher derivatives differentiate hadamard_classifier (create_graph=True), "
+                "which then computes its backward with differentiable ops");
+    return {};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_autograd(const at::Tensor& grad_y,
+                                                                            const at::Tensor& x,
+                                                                            const at::Tensor& scale, bool normalize,
+                                                                            double eps) {
+  if (!needs_graph({&grad_y, &x, &scale})) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return classifier_backward_op(grad_y, x, scale, normalize, eps);
+  }
+  variable_list out = NotDifferentiable::apply(grad_y, x, scale, normalize, eps);
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hadamard_kernels, Autograd, m) {
+  m.impl("hadamard_transform", &transform_autograd);
+  m.impl("classifier_forward", &classifier_forward_autograd);
+  m.impl("classifier_backward", &classifier_backward_autograd);
+}
+
+}  // namespace hadamard_kernels
