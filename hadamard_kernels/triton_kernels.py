@@ -531,8 +531,6 @@ def _cuda_works(index: Optional[int]) -> bool:
         return False
 
 
-# Run eagerly and taken as a constant by torch.compile (driver queries do not trace).
-@torch.compiler.assume_constant_result
 def _backend_available(device: torch.device) -> bool:
     """Whether the "triton" backend runs on ``device`` (registered with ops.register_backend):
     CUDA (or ROCm) GPUs that Triton can drive, and the CPU under the Triton interpreter."""
@@ -541,6 +539,14 @@ def _backend_available(device: torch.device) -> bool:
     if device.type == "cpu":
         return os.environ.get("TRITON_INTERPRET") == "1" and _INTERPRETED
     return False
+
+
+# Run eagerly and taken as a constant by torch.compile (driver queries do not trace). This is
+# what torch.compiler.assume_constant_result does (torch 2.11-2.13: it sets this attribute),
+# without its import of torch._dynamo, which would make `import hadamard_kernels` on a GPU
+# machine about 2x slower than `import torch`. tests/test_triton_kernels.py checks that the
+# decorator still means this attribute.
+_backend_available._dynamo_marked_constant = True
 
 
 def _device_guard(x: torch.Tensor):

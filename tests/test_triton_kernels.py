@@ -393,6 +393,31 @@ def test_torch_compile_fullgraph(device):
         assert torch.allclose(got, exp, rtol=1e-4, atol=1e-6)
 
 
+def test_backend_availability_is_a_compile_time_constant(device, monkeypatch):
+    # _backend_available carries the mark of torch.compiler.assume_constant_result, set
+    # without that function's import of torch._dynamo; the mark must still mean the same.
+    import torch._dynamo
+
+    probe = torch._dynamo.assume_constant_result(lambda: None)
+    assert probe._dynamo_marked_constant is True
+    assert tk._backend_available._dynamo_marked_constant is True
+    # A fresh availability cache: the first query happens while tracing.
+    monkeypatch.setattr(hk.ops, "_AVAILABLE", {})
+    compiled = torch.compile(lambda t: hk.fwht(t, 0.5, backend="triton"), fullgraph=True)
+    x = torch.randn(3, 16, device=device)
+    assert rel_err(compiled(x), reference.fwht_reference(x, 0.5)) <= RTOL[torch.float32]
+
+
+def test_import_with_triton_does_not_import_dynamo():
+    # Where the Triton backend registers itself (here: the interpreter), importing the
+    # package must still not pull in torch._dynamo (about 2x the import time of torch).
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    code = ("import sys, hadamard_kernels; assert 'hadamard_kernels.triton_kernels' in sys.modules; "
+            "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 # ---------------------------------------------------------------------------------------
 # Limits, errors, backend registration
 
