@@ -6,6 +6,7 @@
 //   classifier_backward(grad_y, x, scale, normalize, eps) -> (grad_x, grad_scale, grad_bias)
 #include <Python.h>
 
+#include <ATen/EmptyTensor.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -33,23 +34,35 @@ PyObject* PyInit__C(void) {
 namespace hadamard_kernels {
 namespace {
 
-// A kVecBytes-aligned scratch row of m accumulator values, one per worker chunk.
+// A kVecBytes-aligned scratch row of m accumulator values, one per worker chunk: inside the
+// object up to kInlineBytes (no allocation at batch 1, where a malloc/free pair is a visible
+// share of the call), on the heap beyond.
 template <typename acc_t>
 class RowBuffer {
  public:
   explicit RowBuffer(int64_t m) {
     const size_t bytes = (static_cast<size_t>(m) * sizeof(acc_t) + cpu::kVecBytes - 1) /
                          cpu::kVecBytes * cpu::kVecBytes;
-    data_.reset(static_cast<acc_t*>(std::aligned_alloc(cpu::kVecBytes, bytes)));
-    TORCH_CHECK(data_ != nullptr, "hadamard_kernels: out of memory for a row buffer of ", bytes, " bytes");
+    if (bytes <= kInlineBytes) {
+      ptr_ = reinterpret_cast<acc_t*>(inline_);
+      return;
+    }
+    heap_.reset(static_cast<acc_t*>(std::aligned_alloc(cpu::kVecBytes, bytes)));
+    TORCH_CHECK(heap_ != nullptr, "hadamard_kernels: out of memory for a row buffer of ", bytes, " bytes");
+    ptr_ = heap_.get();
   }
-  acc_t* get() { return data_.get(); }
+  RowBuffer(const RowBuffer&) = delete;
+  RowBuffer& operator=(const RowBuffer&) = delete;
+  acc_t* get() { return ptr_; }
 
  private:
+  static constexpr size_t kInlineBytes = 4096;
   struct Free {
     void operator()(acc_t* p) const { std::free(p); }
   };
-  std::unique_ptr<acc_t[], Free> data_;
+  alignas(cpu::kVecBytes) unsigned char inline_[kInlineBytes];
+  std::unique_ptr<acc_t[], Free> heap_;
+  acc_t* ptr_;
 };
 
 // Only t = next_pow2(min(in, out)) points of the size-M transform are ever needed
@@ -204,7 +217,7 @@ at::Tensor hadamard_transform_cpu(const at::Tensor& x, int64_t out_features, dou
   constexpr const char* op = "hadamard_kernels::hadamard_transform";
   check_float_input(x, op, "x");
   check_sizes(x.size(-1), out_features, op);
-  at::Tensor out = at::empty(with_last_dim(x, out_features), x.options());
+  at::Tensor out = at::detail::empty_cpu(with_last_dim(x, out_features), x.scalar_type());
   if (out.numel() == 0) return out;
   if (x.size(-1) == 0) return out.zero_();  // H_M @ (all-zero padding)
   const at::Tensor rows = as_rows(x);
@@ -297,7 +310,7 @@ at::Tensor classifier_forward_cpu(const at::Tensor& x, const at::Tensor& scale,
   constexpr const char* op = "hadamard_kernels::classifier_forward";
   check_classifier_args(x, scale, num_classes, eps, op);
   const at::Tensor bias_c = checked_bias(bias, x, num_classes, op);
-  at::Tensor y = at::empty(with_last_dim(x, num_classes), x.options());
+  at::Tensor y = at::detail::empty_cpu(with_last_dim(x, num_classes), x.scalar_type());
   if (y.numel() == 0) return y;
   const at::Tensor rows = as_rows(x);
   ClassifierParams cp{make_params(rows, num_classes, scale_value(scale)), normalize, eps};

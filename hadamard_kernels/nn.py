@@ -145,13 +145,20 @@ class HadamardClassifier(_FixedClassifier):
         self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
+        if x.size(-1) != self.in_features:
             raise ValueError(
                 f"HadamardClassifier: expected {self.in_features} input features, got shape {tuple(x.shape)}"
             )
-        y = ops.classifier_fast_path(x, self.num_classes, self.scale, self.bias, self.normalize, self.eps, self.backend)
-        if y is not None:
-            return y
+        # ops.classifier_fast_path written out: at batch 1 the extra Python frame cost ~8% of
+        # the call, the margin between this head and nn.Linear(512, 10) (benchmarks/sweep.py).
+        if not ops._is_compiling():
+            try:
+                fwd = ops._FAST_OPS.get(("hadamard_classifier", self.backend, x.device))
+                bias, eps = self.bias, self.eps
+                if fwd is not None and eps >= ops._EPS_ALWAYS_OK and (bias is None or bias.dtype == x.dtype):
+                    return fwd(x, self.scale, bias, self.num_classes, self.normalize, eps)
+            except ops._OP_ERRORS:
+                pass  # hadamard_classifier below raises the error with the argument's name
         return hadamard_classifier(
             x, self.num_classes, self.scale, self.bias, normalize=self.normalize, eps=self.eps, backend=self.backend
         )

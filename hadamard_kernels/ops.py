@@ -192,8 +192,7 @@ def fwht(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torch
 def classifier_fast_path(x, num_classes, scale, bias, normalize, eps, backend) -> torch.Tensor | None:
     """``hadamard_classifier(x, ...)`` through the op cached in _FAST_OPS, or None where the
     full path must run (first call, torch.compile, arguments the op cannot take as they are,
-    or any error). Shared with the nn.HadamardClassifier module, whose forward calls it
-    first: one Python frame and no keyword arguments between the module and the op."""
+    or any error). nn.HadamardClassifier.forward has the same lines written out."""
     if _is_compiling():
         return None
     try:

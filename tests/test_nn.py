@@ -342,3 +342,20 @@ def test_head_output_keeps_input_dtype(cls, dtype):
     assert y.dtype == dtype
     ref = head.to(torch.float64)(x.double())  # same (float32-valued) parameters, in float64
     assert rel_err(y, ref) <= RTOL[dtype]
+
+
+def test_forward_fast_path_keeps_the_full_paths_behaviour():
+    # HadamardClassifier.forward calls the cached op directly after a first call; what the
+    # op cannot take as it is must still go through hadamard_classifier's full path.
+    head = HadamardClassifier(8, 5)
+    with torch.no_grad():
+        head.bias.normal_()
+    head(torch.randn(2, 8))  # warm the cache
+    x = torch.randn(3, 8, dtype=torch.float64)  # float32 bias and scale: cast on the full path
+    want = R.hadamard_classifier_reference(x, 5, head.scale.detach().double(), head.bias.detach().double())
+    assert rel_err(head(x), want) <= RTOL[torch.float64]
+    with pytest.raises(ValueError, match="HadamardClassifier: expected 8 input features"):
+        head(torch.randn(3, 9))
+    head.eps = 1e-40  # changed after construction: refused at forward, as hadamard_classifier does
+    with pytest.raises(ValueError, match="eps must be >= 2.94e-39"):
+        head(torch.randn(3, 8))
