@@ -10,4 +10,6 @@ bash scripts/setup.sh
   && .venv/bin/python -m pip install -q --no-build-isolation ffht-unofficial \
   || echo "run.sh: ffht-unofficial did not install; not measured"
 .venv/bin/python examples/demo.py
-exec .venv/bin/python benchmarks/sweep.py "$@"
+# One thread, as the README's tables (comparable ratios on a shared machine); `--threads 0`
+# after it gives torch's default.
+exec .venv/bin/python benchmarks/sweep.py --threads 1 "$@"
