@@ -107,7 +107,8 @@ at::Tensor transform_kn_op(const at::Tensor& x, const OptTensor& hk, int64_t pow
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("hadamard_kernels::hadamard_transform_kn", "")
-          .typed<at::Tensor(const at::Tensor&, const OptTensor&, int64_t, double, const OptTensor&, const OptTensor&)>();
+          .typed<at::Tensor(const at::Tensor&, const OptTensor&, int64_t, double, const OptTensor&,
+                            const OptTensor&)>();
   return op.call(x, hk, pow2, scale, pre, post);
 }
 

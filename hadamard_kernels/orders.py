@@ -28,7 +28,6 @@ symmetric (see SYMMETRIC): the adjoint of a transform by H_K is the transform by
 
 from __future__ import annotations
 
-
 import torch
 
 __all__ = [

@@ -260,7 +260,9 @@ def fwht_(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torc
     n = x.shape[-1]
     m = reference.next_pow2(n)
     if m > MAX_FEATURES:
-        raise ValueError(f"{op}: transform size next_pow2({n}) = {m} exceeds the supported maximum {MAX_FEATURES} (2^20)")
+        raise ValueError(
+            f"{op}: transform size next_pow2({n}) = {m} exceeds the supported maximum {MAX_FEATURES} (2^20)"
+        )
     _check_inplace(x, op)
     name = _resolve(backend, x, op)
     if name == "reference":
@@ -279,7 +281,8 @@ def _peer_transform(K: int, x: torch.Tensor, scale: float, backend: str) -> torc
     name = _resolve(backend, x, op)
     if name == "reference":
         return reference.hadamard_transform_kn_reference(x, K, scale)
-    return torch.ops.hadamard_kernels.hadamard_transform_kn.default(x, _hk("fht", K, False, x.device), p, scale, None, None)
+    h = _hk("fht", K, False, x.device)
+    return torch.ops.hadamard_kernels.hadamard_transform_kn.default(x, h, p, scale, None, None)
 
 
 _PEER_DOC = """fast-hadamard-transform's ``hadamard_transform_{K}N(x, scale)``: same call, padding and results.

@@ -302,7 +302,8 @@ def test_gradcheck_nonsymmetric(K, family, n):
     x = torch.randn(2, n, dtype=torch.float64, requires_grad=True)
     d = hk.random_signs(n, seed=4, dtype=torch.float64)
     for transpose in (False, True):
-        f = lambda t: hk.hadamard_transform_order(t, 0.3, K=K, family=family, signs=d, transpose=transpose)  # noqa: E731
+        kw = dict(K=K, family=family, signs=d, transpose=transpose)
+        f = lambda t: hk.hadamard_transform_order(t, 0.3, **kw)  # noqa: E731
         assert torch.autograd.gradcheck(f, (x,))
         assert torch.autograd.gradgradcheck(f, (x,))
 
@@ -569,3 +570,20 @@ def test_compile_peer_and_inplace():
 
     x = torch.randn(3, 20 * 8 + 1)
     assert rel_err(torch.compile(f, fullgraph=True)(x), f(x)) <= RTOL[torch.float32]
+
+
+@pytest.mark.slow
+def test_compile_inplace_with_grad():
+    def f(x):
+        y = x * 2.0
+        hk.hadamard_transform_order_(y, 0.5)
+        return y.square().sum(-1)
+
+    x = torch.randn(3, 12 * 8, requires_grad=True)
+    xc = x.detach().clone().requires_grad_()
+    g = torch.randn(3)
+    (gx,) = torch.autograd.grad(f(x), x, g)
+    yc = torch.compile(f, fullgraph=True)(xc)
+    (gxc,) = torch.autograd.grad(yc, xc, g)
+    assert rel_err(yc, f(x)) <= RTOL[torch.float32]
+    assert rel_err(gxc, gx) <= RTOL[torch.float32]
