@@ -6,6 +6,16 @@
 //   hadamard_transform: y = s H_M[:out, :in] x, so dL/dx = s H_M[:in, :out] g (H_M is
 //     symmetric): the same op with in and out swapped, itself differentiable, so every
 //     order of derivative is exact.
+//   hadamard_transform_kn: y = s P E^T (H_K (x) H_p) E Q x (P, Q the diagonal post and pre
+//     signs, E zero-pads n to K p, E^T truncates), so dL/dx = s Q E^T (H_K^T (x) H_p) E P g:
+//     the same op with hk transposed and the two sign vectors swapped, itself
+//     differentiable, so every order of derivative is exact. hk is int8 (never requires
+//     grad); signs that require grad are refused (the op gives no gradient for them).
+//   hadamard_transform_kn_ (in place): the same formula. Without a graph it only bumps x's
+//     version (the ADInplaceOrView kernel below), so tensors saved earlier from x are
+//     detected as modified; with one, a Function marks x dirty, which rebases x's history
+//     onto the transform's node as torch's own in-place ops do (and, as they do, refuses a
+//     leaf that requires grad).
 //   classifier_forward: for a plain backward, the fused classifier_backward op (formulas in
 //     hadamard.h). When the backward is itself differentiated (create_graph=True: gradient
 //     penalties, gradgradcheck), the same formulas are computed with differentiable ATen ops
@@ -88,6 +98,109 @@ at::Tensor transform_autograd(const at::Tensor& x, int64_t out_features, double 
     return transform_op(x, out_features, scale);
   }
   return TransformFunction::apply(x, out_features, scale);
+}
+
+using OptTensor = std::optional<at::Tensor>;
+
+at::Tensor transform_kn_op(const at::Tensor& x, const OptTensor& hk, int64_t pow2, double scale, const OptTensor& pre,
+                           const OptTensor& post) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("hadamard_kernels::hadamard_transform_kn", "")
+          .typed<at::Tensor(const at::Tensor&, const OptTensor&, int64_t, double, const OptTensor&,
+                            const OptTensor&)>();
+  return op.call(x, hk, pow2, scale, pre, post);
+}
+
+void transform_kn_inplace_op(at::Tensor& x, const OptTensor& hk, int64_t pow2, double scale, const OptTensor& pre,
+                             const OptTensor& post) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("hadamard_kernels::hadamard_transform_kn_", "")
+          .typed<void(at::Tensor&, const OptTensor&, int64_t, double, const OptTensor&, const OptTensor&)>();
+  op.call(x, hk, pow2, scale, pre, post);
+}
+
+OptTensor as_optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+
+void refuse_grad_of_signs(const OptTensor& pre, const OptTensor& post, const char* op) {
+  for (const OptTensor* s : {&pre, &post})
+    TORCH_CHECK(!at::GradMode::is_enabled() || !s->has_value() || !(*s)->requires_grad(), op,
+                ": the sign vectors are constants, not differentiable; pass them detached (signs.detach())");
+}
+
+// Shared by the out-of-place and in-place Functions: saves what the backward needs and
+// returns the gradient with respect to x (see the formula at the top of this file).
+void save_kn(AutogradContext* ctx, const OptTensor& hk, int64_t pow2, double scale, const OptTensor& pre,
+             const OptTensor& post) {
+  ctx->save_for_backward({hk.value_or(at::Tensor()), pre.value_or(at::Tensor()), post.value_or(at::Tensor())});
+  ctx->saved_data["pow2"] = pow2;
+  ctx->saved_data["scale"] = scale;
+}
+
+variable_list kn_backward(AutogradContext* ctx, const variable_list& grads) {
+  const variable_list saved = ctx->get_saved_variables();
+  const at::Tensor& hk = saved[0];
+  const at::Tensor hk_t = hk.defined() ? hk.t() : at::Tensor();
+  at::Tensor gx = transform_kn_op(grads[0], as_optional(hk_t), ctx->saved_data["pow2"].toInt(),
+                                  ctx->saved_data["scale"].toDouble(), as_optional(saved[2]), as_optional(saved[1]));
+  return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+}
+
+class TransformKnFunction : public torch::autograd::Function<TransformKnFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const OptTensor& hk, int64_t pow2,
+                            double scale, const OptTensor& pre, const OptTensor& post) {
+    save_kn(ctx, hk, pow2, scale, pre, post);
+    at::AutoDispatchBelowADInplaceOrView below;
+    return transform_kn_op(x, hk, pow2, scale, pre, post);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) { return kn_backward(ctx, grads); }
+};
+
+at::Tensor transform_kn_autograd(const at::Tensor& x, const OptTensor& hk, int64_t pow2, double scale,
+                                 const OptTensor& pre, const OptTensor& post) {
+  refuse_grad_of_signs(pre, post, "hadamard_kernels::hadamard_transform_kn");
+  if (!needs_graph({&x})) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return transform_kn_op(x, hk, pow2, scale, pre, post);
+  }
+  return TransformKnFunction::apply(x, hk, pow2, scale, pre, post);
+}
+
+class TransformKnInplaceFunction : public torch::autograd::Function<TransformKnInplaceFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, const OptTensor& hk, int64_t pow2, double scale,
+                            const OptTensor& pre, const OptTensor& post) {
+    save_kn(ctx, hk, pow2, scale, pre, post);
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      transform_kn_inplace_op(x, hk, pow2, scale, pre, post);
+    }
+    ctx->mark_dirty({x});
+    return x;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) { return kn_backward(ctx, grads); }
+};
+
+void transform_kn_inplace_autograd(at::Tensor& x, const OptTensor& hk, int64_t pow2, double scale,
+                                   const OptTensor& pre, const OptTensor& post) {
+  refuse_grad_of_signs(pre, post, "hadamard_kernels::hadamard_transform_kn_");
+  if (!needs_graph({&x})) {
+    at::AutoDispatchBelowAutograd below;  // still through ADInplaceOrView: x's version is bumped
+    transform_kn_inplace_op(x, hk, pow2, scale, pre, post);
+    return;
+  }
+  TransformKnInplaceFunction::apply(x, hk, pow2, scale, pre, post);
+}
+
+void transform_kn_inplace_view(at::Tensor& x, const OptTensor& hk, int64_t pow2, double scale, const OptTensor& pre,
+                               const OptTensor& post) {
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    transform_kn_inplace_op(x, hk, pow2, scale, pre, post);
+  }
+  x.unsafeGetTensorImpl()->bump_version();
 }
 
 // ||x||_2 over the last dim (keepdim) without overflow or underflow: a ||x / a|| with
@@ -207,6 +320,12 @@ TORCH_LIBRARY_IMPL(hadamard_kernels, Autograd, m) {
   m.impl("hadamard_transform", &transform_autograd);
   m.impl("classifier_forward", &classifier_forward_autograd);
   m.impl("classifier_backward", &classifier_backward_autograd);
+  m.impl("hadamard_transform_kn", &transform_kn_autograd);
+  m.impl("hadamard_transform_kn_", &transform_kn_inplace_autograd);
+}
+
+TORCH_LIBRARY_IMPL(hadamard_kernels, ADInplaceOrView, m) {
+  m.impl("hadamard_transform_kn_", &transform_kn_inplace_view);
 }
 
 }  // namespace hadamard_kernels

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <optional>
 
@@ -72,6 +73,50 @@ inline void check_backward_args(const at::Tensor& grad_y, const at::Tensor& x, c
                    " differs from x dtype ", x.scalar_type());
   TORCH_CHECK_VALUE(grad_y.device() == x.device(), op, ": grad_y is on ", grad_y.device(), " but x is on ",
                     x.device());
+}
+
+// Checks of hadamard_transform_kn(_)(x, hk, pow2, scale, pre_signs, post_signs); returns K
+// (1 when hk is None). hk: int8 (K, K) on x's device (its +-1 entries are checked where it
+// is read); pow2 a power of two <= kMaxM; K <= kMaxK; n = x.size(-1) <= K * pow2; each
+// sign vector a floating (n,) tensor on x's device.
+inline int64_t check_kn_args(const at::Tensor& x, const std::optional<at::Tensor>& hk, int64_t pow2,
+                             const std::optional<at::Tensor>& pre_signs, const std::optional<at::Tensor>& post_signs,
+                             const char* op) {
+  check_float_input(x, op, "x");
+  TORCH_CHECK_VALUE(pow2 >= 1 && (pow2 & (pow2 - 1)) == 0 && pow2 <= kMaxM, op,
+                    ": pow2 must be a power of two in [1, 2^", kMaxLogM, "], got ", pow2);
+  int64_t K = 1;
+  if (hk.has_value()) {
+    TORCH_CHECK_TYPE(hk->scalar_type() == at::kChar, op, ": hk must be an int8 tensor of +-1 entries, got ",
+                     hk->scalar_type());
+    TORCH_CHECK_VALUE(hk->dim() == 2 && hk->size(0) == hk->size(1) && hk->size(0) >= 1, op,
+                      ": hk must be a square (K, K) matrix, got shape ", hk->sizes());
+    K = hk->size(0);
+    TORCH_CHECK_VALUE(K <= kMaxK, op, ": the order K of hk must be <= ", kMaxK, ", got ", K);
+    TORCH_CHECK_VALUE(hk->device() == x.device(), op, ": hk is on ", hk->device(), " but x is on ", x.device());
+  }
+  const int64_t n = x.size(-1);
+  TORCH_CHECK_VALUE(n <= K * pow2, op, ": x has n=", n, " features, more than K * pow2 = ", K, " * ", pow2, " = ",
+                    K * pow2);
+  for (const auto* signs : {&pre_signs, &post_signs}) {
+    if (!signs->has_value()) continue;
+    const char* name = signs == &pre_signs ? "pre_signs" : "post_signs";
+    const at::Tensor& s = signs->value();
+    TORCH_CHECK_TYPE(is_supported_dtype(s.scalar_type()), op, ": ", name,
+                     " must be float32, float64, float16 or bfloat16, got ", s.scalar_type());
+    TORCH_CHECK_VALUE(s.dim() == 1 && s.size(0) == n, op, ": ", name, " must have shape (n,) = (", n, ",), got ",
+                      s.sizes());
+    TORCH_CHECK_VALUE(s.device() == x.device(), op, ": ", name, " is on ", s.device(), " but x is on ", x.device());
+  }
+  return K;
+}
+
+// An in-place transform writes each row where it read it: x must be contiguous (hence
+// without overlapping entries; an expanded or strided x would be written through aliases).
+inline void check_inplace_target(const at::Tensor& x, const char* op) {
+  TORCH_CHECK_VALUE(x.is_contiguous() && at::has_internal_overlap(x) != at::MemOverlap::Yes, op,
+                    ": x must be contiguous and without overlapping entries to be transformed in place, got shape ",
+                    x.sizes(), " and strides ", x.strides(), "; use the out-of-place transform for other layouts");
 }
 
 // (rows, n) view of x with n = x.size(-1); copies only if no such view exists. A 2-d x is

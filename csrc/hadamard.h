@@ -15,6 +15,9 @@ namespace hadamard_kernels {
 constexpr int64_t kMaxLogM = 20;
 constexpr int64_t kMaxM = int64_t{1} << kMaxLogM;
 
+// Largest order K of the transforms by H_K (x) H_{2^k} (the largest in orders.ORDERS is 172).
+constexpr int64_t kMaxK = 256;
+
 // Smallest power of two >= n (1 for n <= 1).
 inline int64_t next_pow2(int64_t n) {
   int64_t m = 1;

@@ -4,6 +4,9 @@
 //   hadamard_transform(x, out_features, scale) = scale * H_M[:out, :in] @ x   (last dim)
 //   classifier_forward(x, scale, bias, C, normalize, eps) = alpha * H_M[:C, :N] @ x_hat + bias
 //   classifier_backward(grad_y, x, scale, normalize, eps) -> (grad_x, grad_scale, grad_bias)
+//   hadamard_transform_kn(x, hk, pow2, scale, pre_signs, post_signs)
+//       = scale * post . [(H_K (x) H_pow2) @ pad(pre . x)][:n]     (CPU kernel: csrc/orders.cpp)
+//   hadamard_transform_kn_(x, ...): the same, written into x (contiguous x)
 #include <Python.h>
 
 #include <ATen/EmptyTensor.h>
@@ -21,6 +24,7 @@
 
 #include "checks.h"
 #include "cpu/butterfly.h"
+#include "cpu/rows.h"
 
 extern "C" {
 // Importing hadamard_kernels._C runs the static registrations below; the module
@@ -34,36 +38,8 @@ PyObject* PyInit__C(void) {
 namespace hadamard_kernels {
 namespace {
 
-// A kVecBytes-aligned scratch row of m accumulator values, one per worker chunk: inside the
-// object up to kInlineBytes (no allocation at batch 1, where a malloc/free pair is a visible
-// share of the call), on the heap beyond.
-template <typename acc_t>
-class RowBuffer {
- public:
-  explicit RowBuffer(int64_t m) {
-    const size_t bytes = (static_cast<size_t>(m) * sizeof(acc_t) + cpu::kVecBytes - 1) /
-                         cpu::kVecBytes * cpu::kVecBytes;
-    if (bytes <= kInlineBytes) {
-      ptr_ = reinterpret_cast<acc_t*>(inline_);
-      return;
-    }
-    heap_.reset(static_cast<acc_t*>(std::aligned_alloc(cpu::kVecBytes, bytes)));
-    TORCH_CHECK(heap_ != nullptr, "hadamard_kernels: out of memory for a row buffer of ", bytes, " bytes");
-    ptr_ = heap_.get();
-  }
-  RowBuffer(const RowBuffer&) = delete;
-  RowBuffer& operator=(const RowBuffer&) = delete;
-  acc_t* get() { return ptr_; }
-
- private:
-  static constexpr size_t kInlineBytes = 4096;
-  struct Free {
-    void operator()(acc_t* p) const { std::free(p); }
-  };
-  alignas(cpu::kVecBytes) unsigned char inline_[kInlineBytes];
-  std::unique_ptr<acc_t[], Free> heap_;
-  acc_t* ptr_;
-};
+using cpu::grain_rows;
+using cpu::RowBuffer;
 
 // Only t = next_pow2(min(in, out)) points of the size-M transform are ever needed
 // (M = next_pow2(max(in, out))). Split an index of H_M as (k, j) with j < t, so that
@@ -183,9 +159,6 @@ inline void store_repeated(const acc_t* __restrict buf, int64_t t, acc_t a, cons
     }
   }
 }
-
-// Rows per parallel task: enough that a task moves >= 32K values.
-inline int64_t grain_rows(int64_t m) { return std::max<int64_t>(1, (int64_t{1} << 15) / m); }
 
 template <typename scalar_t>
 void transform_kernel(const scalar_t* x, scalar_t* out, const TransformParams p) {
@@ -411,6 +384,11 @@ TORCH_LIBRARY(hadamard_kernels, m) {
         "float eps) -> Tensor");
   m.def("classifier_backward(Tensor grad_y, Tensor x, Tensor scale, bool normalize, float eps) "
         "-> (Tensor, Tensor, Tensor)");
+  // Transforms of order K * 2^k (csrc/orders.cpp): y = scale * post . [(H_K (x) H_pow2) pad(pre . x)][:n].
+  m.def("hadamard_transform_kn(Tensor x, Tensor? hk, int pow2, float scale, Tensor? pre_signs, "
+        "Tensor? post_signs) -> Tensor");
+  m.def("hadamard_transform_kn_(Tensor(a!) x, Tensor? hk, int pow2, float scale, Tensor? pre_signs, "
+        "Tensor? post_signs) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(hadamard_kernels, CPU, m) {

@@ -10,8 +10,18 @@ import os
 import torch  # (loads libc10 / libtorch before the extension)
 
 from . import _C  # noqa: F401  (runs the TORCH_LIBRARY registrations)
-from . import nn, reference
+from . import nn, orders, reference
 from .ops import BACKENDS, MAX_FEATURES, available_backends, fwht, hadamard_classifier
+from .transforms import (
+    fwht_,
+    hadamard_transform_12N,
+    hadamard_transform_20N,
+    hadamard_transform_28N,
+    hadamard_transform_40N,
+    hadamard_transform_order,
+    hadamard_transform_order_,
+    random_signs,
+)
 
 # The "triton" backend (optional dependency triton) registers itself when
 # hadamard_kernels.triton_kernels is imported. Only where it can run: on a CUDA GPU, or on
@@ -29,8 +39,17 @@ __all__ = [
     "MAX_FEATURES",
     "available_backends",
     "fwht",
+    "fwht_",
     "hadamard_classifier",
+    "hadamard_transform_12N",
+    "hadamard_transform_20N",
+    "hadamard_transform_28N",
+    "hadamard_transform_40N",
+    "hadamard_transform_order",
+    "hadamard_transform_order_",
+    "random_signs",
     "nn",
+    "orders",
     "reference",
 ]
 __version__ = "0.1.0"

@@ -8,6 +8,9 @@ The C++ ops (csrc/ops.cpp) are:
 * ``classifier_forward(x, scale, bias, num_classes, normalize, eps)``:
   ``scale * H_M[:C, :N] @ (x / max(||x||, eps)) + bias``.
 * ``classifier_backward(grad_y, x, scale, normalize, eps) -> (grad_x, grad_scale, grad_bias)``.
+
+The transforms of order K * 2^k (ops ``hadamard_transform_kn`` and ``hadamard_transform_kn_``)
+have their public functions and fake kernels in ``transforms.py``.
 """
 
 from __future__ import annotations
@@ -99,7 +102,9 @@ _EPS_ALWAYS_OK = 1.0 / torch.finfo(torch.float32).max
 def available_backends(device: torch.device | str | None = None) -> tuple[str, ...]:
     """Backends that can run on ``device``, fastest first ("auto" picks the first).
 
-    ``device`` defaults to "cuda" when a GPU is visible, else "cpu".
+    ``device`` defaults to "cuda" when a GPU is visible, else "cpu". These are the backends of
+    ``fwht`` and ``hadamard_classifier``; the K * 2^k transforms of ``transforms.py`` and
+    ``fwht_`` have only "cpu" and "reference" so far.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

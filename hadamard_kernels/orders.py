@@ -28,8 +28,6 @@ symmetric (see SYMMETRIC): the adjoint of a transform by H_K is the transform by
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 __all__ = [
@@ -177,12 +175,22 @@ def _check_family(family: str, fn: str) -> None:
         raise ValueError(f"{fn}: family must be one of {FAMILIES}, got {family!r}")
 
 
-@functools.cache
+# (family, K) -> H_K as int8, built on first use. A plain dict rather than functools.cache,
+# which torch.compile traces through with a warning when the first use is inside a compiled
+# function (hadamard_kernels.transforms builds H_K there).
+_MATRICES: dict[tuple[str, int], torch.Tensor] = {}
+
+
 def _matrix(family: str, k: int) -> torch.Tensor:
-    if k == 1:
-        return torch.ones(1, 1, dtype=torch.int8)
-    construction, param, _ = _TABLE[(family, k)]
-    return _BUILD[construction](param).to(torch.int8)
+    h = _MATRICES.get((family, k))
+    if h is None:
+        if k == 1:
+            h = torch.ones(1, 1, dtype=torch.int8)
+        else:
+            construction, param, _ = _TABLE[(family, k)]
+            h = _BUILD[construction](param).to(torch.int8)
+        _MATRICES[(family, k)] = h
+    return h
 
 
 def hadamard_k(

@@ -107,16 +107,24 @@ def hadamard_transform_kn_reference(
 
 
 def hadamard_transform_order_reference(
-    x: torch.Tensor, scale: float = 1.0, *, K: int | None = None, transpose: bool = False
+    x: torch.Tensor,
+    scale: float = 1.0,
+    *,
+    K: int | None = None,
+    family: str = "rotation",
+    signs: torch.Tensor | None = None,
+    transpose: bool = False,
 ) -> torch.Tensor:
     """The general transform ``scale * (H_K kron H_{2^k}) @ x`` over the last dim, n =
-    x.shape[-1] = K * 2^k exactly (no padding), H_K = ``hadamard_k(K)`` (the rotation family,
-    QuaRot / SpinQuant) on the high digit a of the index a * 2^k + b.
+    x.shape[-1] = K * 2^k exactly (no padding), H_K = ``hadamard_k(K, family=family)`` (default:
+    the rotation family, QuaRot / SpinQuant) on the high digit a of the index a * 2^k + b.
 
     K = None takes ``split_order(n)``; an explicit K (1 or in ORDERS) must divide n with a
-    power-of-two quotient (K=20 for n = 40 * 2^k gives QuIP#'s split). ``transpose=True``
-    uses H_K^T (QuaRot's ``matmul_hadUt``; the adjoint). With scale = 1/sqrt(n) this is
-    QuaRot's ``matmul_hadU``. Shape (..., n) -> (..., n).
+    power-of-two quotient (K=20 for n = 40 * 2^k gives QuIP#'s split). ``signs`` (shape (n,),
+    +-1; D = diag(signs)) randomises it: ``scale * (H_K kron H_{2^k}) @ D @ x``.
+    ``transpose=True`` applies the transposed matrix, ``scale * D @ (H_K^T kron H_{2^k}) @ x``
+    (QuaRot's ``matmul_hadUt``; the adjoint, and with scale 1 / (n * scale) the inverse).
+    With scale = 1/sqrt(n) and no signs this is QuaRot's ``matmul_hadU``. Shape (..., n) -> (..., n).
     """
     n = x.shape[-1]
     if K is None:
@@ -126,9 +134,14 @@ def hadamard_transform_order_reference(
             f"hadamard_transform_order_reference: K={K} does not split n={n} as K * 2^k with K = 1 or in {ORDERS}"
         )
     work = x.to(torch.promote_types(x.dtype, torch.float32))
-    h_k = hadamard_k(K, dtype=work.dtype, device=x.device)
-    h_k = h_k.T if transpose else h_k
-    return (scale * _kron_transform(work, h_k)).to(x.dtype)
+    h_k = hadamard_k(K, dtype=work.dtype, device=x.device, family=family)
+    d = None if signs is None else signs.to(device=x.device, dtype=work.dtype)
+    if transpose:
+        y = _kron_transform(work, h_k.T)
+        y = y if d is None else d * y
+    else:
+        y = _kron_transform(work if d is None else d * work, h_k)
+    return (scale * y).to(x.dtype)
 
 
 def hadamard_classifier_reference(

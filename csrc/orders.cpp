@@ -1,0 +1,106 @@
+// CPU implementations of the transforms of order K * 2^k (schemas in csrc/ops.cpp):
+//
+//   hadamard_transform_kn(x, hk, pow2, scale, pre_signs, post_signs) -> y
+//   hadamard_transform_kn_(x, hk, pow2, scale, pre_signs, post_signs)   (x overwritten by y)
+//
+//   y = scale * post . [(H_K (x) H_pow2) @ pad(pre . x, K * pow2)][:n]   over the last dim,
+//
+// n = x.size(-1) <= K * pow2, H_K = hk (int8, +-1 entries, K = 1 when hk is None) acting on
+// the high digit of the index (docs/orders.md), absent signs meaning all ones. The row
+// kernel is csrc/cpu/orders.h; autograd is in csrc/autograd.cpp.
+#include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/orders.h"
+#include "cpu/rows.h"
+
+namespace hadamard_kernels {
+namespace {
+
+// hk as a row-major acc_t matrix, checking that every entry is +1 or -1.
+template <typename acc_t>
+std::vector<acc_t> read_hk(const at::Tensor& hk, const char* op) {
+  const at::Tensor h = hk.contiguous();
+  const int8_t* v = h.const_data_ptr<int8_t>();
+  std::vector<acc_t> out(static_cast<size_t>(h.numel()));
+  for (int64_t i = 0; i < h.numel(); ++i) {
+    TORCH_CHECK_VALUE(v[i] == 1 || v[i] == -1, op, ": hk must have entries +1 or -1, found ",
+                      static_cast<int>(v[i]), " at (", i / h.size(1), ", ", i % h.size(1), ")");
+    out[static_cast<size_t>(i)] = static_cast<acc_t>(v[i]);
+  }
+  return out;
+}
+
+// signs converted to acc_t and multiplied by factor (empty when absent).
+template <typename acc_t>
+std::vector<acc_t> read_signs(const std::optional<at::Tensor>& signs, double factor) {
+  if (!signs.has_value()) return {};
+  const at::Tensor s = signs->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  const acc_t* v = s.const_data_ptr<acc_t>();
+  std::vector<acc_t> out(v, v + s.numel());
+  if (factor != 1.0)
+    for (acc_t& e : out) e *= static_cast<acc_t>(factor);
+  return out;
+}
+
+// Transforms every row of rows (a (R, n) view, any strides) into out (R rows of n, contiguous;
+// out may be rows' own storage when rows is contiguous).
+void kn_cpu(const at::Tensor& rows, at::Tensor& out, const std::optional<at::Tensor>& hk, int64_t K, int64_t pow2,
+            double scale, const std::optional<at::Tensor>& pre_signs, const std::optional<at::Tensor>& post_signs,
+            const char* op) {
+  const int64_t n = rows.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows.scalar_type(), "hadamard_transform_kn_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const std::vector<acc_t> h = hk.has_value() ? read_hk<acc_t>(*hk, op) : std::vector<acc_t>();
+    const std::vector<acc_t> pre = read_signs<acc_t>(pre_signs, 1.0);
+    const std::vector<acc_t> post = read_signs<acc_t>(post_signs, scale);
+    const cpu::KnRowArgs<acc_t> args{h.empty() ? nullptr : h.data(),   K, pow2, n,
+                                     pre.empty() ? nullptr : pre.data(), post.empty() ? nullptr : post.data(),
+                                     static_cast<acc_t>(scale)};
+    const scalar_t* x = rows.const_data_ptr<scalar_t>();
+    scalar_t* y = out.mutable_data_ptr<scalar_t>();
+    const int64_t rs = rows.stride(0), cs = rows.stride(1);
+    at::parallel_for(0, rows.size(0), cpu::grain_rows(K * pow2), [&](int64_t begin, int64_t end) {
+      cpu::RowBuffer<acc_t> buf(K * pow2);
+      for (int64_t r = begin; r < end; ++r) cpu::kn_row(x + r * rs, cs, y + r * n, buf.get(), args);
+    });
+  });
+}
+
+at::Tensor hadamard_transform_kn_cpu(const at::Tensor& x, const std::optional<at::Tensor>& hk, int64_t pow2,
+                                     double scale, const std::optional<at::Tensor>& pre_signs,
+                                     const std::optional<at::Tensor>& post_signs) {
+  constexpr const char* op = "hadamard_kernels::hadamard_transform_kn";
+  const int64_t K = check_kn_args(x, hk, pow2, pre_signs, post_signs, op);
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  kn_cpu(as_rows(x), out, hk, K, pow2, scale, pre_signs, post_signs, op);
+  return out;
+}
+
+void hadamard_transform_kn_inplace_cpu(at::Tensor& x, const std::optional<at::Tensor>& hk, int64_t pow2,
+                                       double scale, const std::optional<at::Tensor>& pre_signs,
+                                       const std::optional<at::Tensor>& post_signs) {
+  constexpr const char* op = "hadamard_kernels::hadamard_transform_kn_";
+  const int64_t K = check_kn_args(x, hk, pow2, pre_signs, post_signs, op);
+  check_inplace_target(x, op);
+  if (x.numel() == 0) return;
+  at::Tensor rows = x.view({-1, x.size(-1)});
+  kn_cpu(rows, rows, hk, K, pow2, scale, pre_signs, post_signs, op);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hadamard_kernels, CPU, m) {
+  m.impl("hadamard_transform_kn", &hadamard_transform_kn_cpu);
+  m.impl("hadamard_transform_kn_", &hadamard_transform_kn_inplace_cpu);
+}
+
+}  // namespace hadamard_kernels
