@@ -301,6 +301,15 @@ FOOTNOTE = (
 )
 
 
+def _cell(row: FwhtRow | ClassifierRow | None, baseline: bool, ratio: str | None, threads: int | None) -> str:
+    """One table cell: empty without a row; the baseline's time with its spread; any other
+    candidate's time with ``ratio`` (its ratio to the baseline, spread included); † if noisy."""
+    if row is None:
+        return ""
+    text = f"{_fmt(row.ms)} ms ±{row.spread:.0%}" if baseline else f"{_fmt(row.ms)} ms ({ratio})"
+    return text + " †" * is_noisy(row, threads)
+
+
 def fwht_markdown(rows: list[FwhtRow], threads: int | None) -> str:
     impls = list(dict.fromkeys(r.impl for r in rows))
     keys = list(dict.fromkeys((r.dtype, r.rows * r.n, r.n, r.rows) for r in rows))
@@ -313,13 +322,7 @@ def fwht_markdown(rows: list[FwhtRow], threads: int | None) -> str:
         cells = []
         for impl in impls:
             r = by.get((impl, dtype, n, nrows))
-            if r is None:
-                cells.append("")
-            elif impl == "x.clone()":
-                cells.append(f"{_fmt(r.ms)} ms ±{r.spread:.0%}" + " †" * is_noisy(r, threads))
-            else:
-                cells.append(f"{_fmt(r.ms)} ms ({r.vs_clone:.2f}x ±{r.vs_clone_spread:.0%})"
-                             + " †" * is_noisy(r, threads))
+            cells.append(_cell(r, impl == "x.clone()", r and f"{r.vs_clone:.2f}x ±{r.vs_clone_spread:.0%}", threads))
         busy = _busy(by[("x.clone()", dtype, n, nrows)].busy)
         lines.append(f"| {dtype} | 2^{n.bit_length() - 1} | {nrows} | " + " | ".join(cells) + f" | {busy} |")
     return "\n".join(lines)
@@ -337,13 +340,8 @@ def classifier_markdown(rows: list[ClassifierRow], threads: int | None) -> str:
         cells = []
         for impl in impls:
             r = by.get((impl, *key))
-            if r is None:
-                cells.append("")
-            elif impl == "nn.Linear head":
-                cells.append(f"{_fmt(r.ms)} ms ±{r.spread:.0%}" + " †" * is_noisy(r, threads))
-            else:
-                cells.append(f"{_fmt(r.ms)} ms ({r.speedup_vs_linear:.1f}x ±{r.speedup_spread:.0%})"
-                             + " †" * is_noisy(r, threads))
+            cells.append(_cell(r, impl == "nn.Linear head",
+                               r and f"{r.speedup_vs_linear:.1f}x ±{r.speedup_spread:.0%}", threads))
         busy = _busy(by[("nn.Linear head", *key)].busy)
         lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells) + f" | {busy} |")
     return "\n".join(lines)
