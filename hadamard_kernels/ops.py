@@ -134,6 +134,13 @@ def _check_input(x: object, op: str) -> None:
         raise ValueError(f"{op}: x must have at least 1 dimension (features last), got a 0-d tensor")
 
 
+def _check_scale(scale: object, op: str) -> float:
+    """A real, non-bool Python number (the transform ops take a float scale), as float."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"{op}: scale must be a real number, got {type(scale).__name__}")
+    return float(scale)
+
+
 def _check_size(n: int, out_features: int, op: str) -> None:
     m = reference.next_pow2(max(n, out_features))
     if m > MAX_FEATURES:
@@ -177,8 +184,7 @@ def fwht(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torch
         except _OP_ERRORS:
             pass  # the full path below raises the error with the argument's name
     _check_input(x, "fwht")
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"fwht: scale must be a real number, got {type(scale).__name__}")
+    _check_scale(scale, "fwht")
     n = x.shape[-1]
     _check_size(n, n, "fwht")
     name = _resolve_backend(backend, x, "fwht")

@@ -32,7 +32,7 @@ import numbers
 import torch
 
 from . import reference
-from .ops import _FLOAT_DTYPES, BACKENDS, MAX_FEATURES, _check_input
+from .ops import _FLOAT_DTYPES, BACKENDS, MAX_FEATURES, _check_input, _check_scale, _check_size
 from .orders import FAMILIES, FHT_ORDERS, ORDERS, fht_padded_size, hadamard_k, split_order
 
 __all__ = [
@@ -85,12 +85,6 @@ def _resolve(backend: str, x: torch.Tensor, op: str) -> str:
     if backend == "cpu" and not cpu_ok:
         raise RuntimeError(f"{op}: backend 'cpu' is not available for a tensor on {x.device}")
     return backend
-
-
-def _check_scale(scale: object, op: str) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"{op}: scale must be a real number, got {type(scale).__name__}")
-    return float(scale)
 
 
 def _check_pow2(p: int, n: int, K: int, op: str) -> None:
@@ -258,11 +252,8 @@ def fwht_(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torc
     _check_input(x, op)
     scale = _check_scale(scale, op)
     n = x.shape[-1]
+    _check_size(n, n, op)
     m = reference.next_pow2(n)
-    if m > MAX_FEATURES:
-        raise ValueError(
-            f"{op}: transform size next_pow2({n}) = {m} exceeds the supported maximum {MAX_FEATURES} (2^20)"
-        )
     _check_inplace(x, op)
     name = _resolve(backend, x, op)
     if name == "reference":
