@@ -587,3 +587,18 @@ def test_compile_inplace_with_grad():
     (gxc,) = torch.autograd.grad(yc, xc, g)
     assert rel_err(yc, f(x)) <= RTOL[torch.float32]
     assert rel_err(gxc, gx) <= RTOL[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
+def test_fwht_inplace_any_alignment(dtype, offset):
+    # fwht_ of a power-of-two row goes straight through fwht_row when x's rows are
+    # vector-aligned (float32/float64), through the scratch row otherwise: both exact.
+    rows, n = 5, 256
+    storage = torch.randn(offset + rows * n + 16, dtype=dtype)
+    x = storage[offset : offset + rows * n].view(rows, n)
+    assert x.is_contiguous() and (x.data_ptr() % 64 == 0) == (offset == 0)
+    want = R.fwht_reference(x.double(), 0.5)
+    got = hk.fwht_(x, 0.5)
+    assert got is x
+    assert rel_err(x, want) <= RTOL[dtype]

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "cpu/butterfly.h"
 
@@ -61,6 +62,16 @@ template <typename scalar_t, typename T>
 inline void kn_row(const scalar_t* x, int64_t xs, scalar_t* out, T* __restrict buf, const KnRowArgs<T>& args) {
   const int64_t n = args.n;
   const int64_t p = args.p;
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    // The plain power-of-two transform of a whole contiguous row (fwht_, the common case):
+    // straight from x to out, as the out-of-place transform does, without the scratch copy.
+    // fwht_row's later sweeps address out as vectors, so out must be vector-aligned.
+    if (args.h == nullptr && args.pre == nullptr && args.post == nullptr && n == p && xs == 1 &&
+        reinterpret_cast<std::uintptr_t>(out) % kVecBytes == 0) {
+      fwht_row(x, out, p, args.scale);
+      return;
+    }
+  }
   const int64_t used = (n + p - 1) / p;  // chunks holding any of the n entries
   if (args.pre != nullptr) {
     for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<T>(x[i * xs]) * args.pre[i];
