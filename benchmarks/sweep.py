@@ -100,8 +100,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def _cpu_peers(x: torch.Tensor) -> dict[str, Callable[[], object]]:
-    """numpy's dense product and the out-of-place calls of the CPU FWHT packages from PyPI
-    that are installed (float32/64)."""
+    """numpy's dense product and the calls of the CPU FWHT packages from PyPI that are
+    installed (float32/64): fht_cpu out of place, into a preallocated output and in place;
+    ffht, which transforms in place only."""
     peers: dict[str, Callable[[], object]] = {}
     a = x.numpy()
     if x.shape[-1] <= 2**10:
@@ -116,13 +117,15 @@ def _cpu_peers(x: torch.Tensor) -> dict[str, Callable[[], object]]:
         threads = torch.get_num_threads()
         peers["fht_cpu (PyPI)"] = lambda: fht_cpu.fht(a, inplace=False, num_threads=threads)
         peers["fht_cpu (PyPI, out=preallocated)"] = lambda: fht_cpu.fht(a, out=out, num_threads=threads)
+        inplace = a.copy()
+        peers["fht_cpu (PyPI, in place)"] = lambda: fht_cpu.fht(inplace, inplace=True, num_threads=threads)
     except ImportError:
         pass
     try:
         import ffht
 
         threads = torch.get_num_threads()
-        peers["ffht (PyPI)"] = lambda: ffht.fht(a, threads)
+        peers["ffht (PyPI, in place)"] = lambda: ffht.fht(a, threads)
     except ImportError:
         pass
     return peers
@@ -206,6 +209,9 @@ def run_fwht_case(case: FwhtCase, device: torch.device, stat: str) -> list[FwhtR
         if backend == "triton" and case.n > 2**15:
             continue
         fns[f"hadamard_kernels[{backend}]"] = lambda b=backend: hk.fwht(x, backend=b)
+    if device.type == "cpu":  # in place, orthonormal (values stay bounded over repeated calls)
+        xi = x.clone()
+        fns["hadamard_kernels[cpu] fwht_ (in place)"] = lambda: hk.fwht_(xi, case.n**-0.5)
     dense_limit = 2**14 if device.type == "cuda" else 2**12
     if case.n <= dense_limit:
         h = hadamard_matrix(case.n, dtype=dtype, device=device)
