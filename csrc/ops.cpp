@@ -55,16 +55,10 @@ inline int64_t reduced_size(int64_t in_features, int64_t out_features) {
 
 // Reductions run on kPartials<T> independent lanes held in one vector variable: vectorised,
 // and in a fixed order (deterministic for a build), which strict IEEE summation would not
-// allow. One native register wide: a wider generic vector is split by GCC into pieces that
-// travel through the stack and general registers (measured: 16 float lanes on AVX2 made
-// the classifier's fold 4x slower than the transform itself).
-#if defined(__AVX512F__)
-constexpr int kPartialBytes = 64;
-#elif defined(__AVX__)
-constexpr int kPartialBytes = 32;
-#else
-constexpr int kPartialBytes = 16;
-#endif
+// allow. One native register wide (cpu::kVecBytes): a wider generic vector is split by GCC
+// into pieces that travel through the stack and general registers (measured: 16 float
+// lanes on AVX2 made the classifier's fold 4x slower than the transform itself).
+constexpr int kPartialBytes = cpu::kVecBytes;
 template <typename T> constexpr int64_t kPartials = kPartialBytes / sizeof(T);
 template <typename T> struct Partials { typedef T type __attribute__((vector_size(kPartialBytes))); };
 template <typename T> using PartialsT = typename Partials<T>::type;

@@ -1,8 +1,7 @@
 // Fast Walsh-Hadamard transform of one row: out = scale * H_m @ in (fwht_row).
 //
-// Pure C++ (GCC/Clang vector extensions, no torch): 64-byte vectors map to one
-// AVX-512 register, two AVX2 registers or four SSE registers, whichever the
-// compiler targets. For a row of m = 2^k values:
+// Pure C++ (GCC vector extensions, no torch), vectors one native register wide
+// (kVecBytes). For a row of m = 2^k values:
 //   * the log2(W) stages with stride < W (W = lanes per vector) run inside each
 //     register: one lane shuffle and one multiply-add by a +-1 sign vector each;
 //   * the remaining stages run between registers, 3 or 4 levels per sweep, on
@@ -13,46 +12,52 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 namespace hadamard_kernels {
 namespace cpu {
 
+// One native vector register: 64 bytes with AVX-512, 32 with AVX, 16 otherwise. A wider
+// generic vector is split by GCC into several registers, and the radix-8/16 sweeps below
+// then need more registers than exist: measured on AVX2, 64-byte vectors made fwht_row 2.7x
+// (2^6 floats) to 3.6x (2^14) slower than 32-byte ones (benchmarks/butterfly_row.cpp).
+#if defined(__AVX512F__)
 constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
 
-typedef float f32v __attribute__((vector_size(kVecBytes), may_alias));
-typedef double f64v __attribute__((vector_size(kVecBytes), may_alias));
+// kLanes = kVecBytes / sizeof(T) values of T (float or double) in one vector variable.
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(kVecBytes), may_alias));
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> index __attribute__((vector_size(kVecBytes)));
+  static constexpr int kLanes = kVecBytes / sizeof(T);
 
-template <typename T> struct Vec;
-
-template <> struct Vec<float> {
-  using type = f32v;
-  static constexpr int kLanes = 16;
-  // One in-register stage of stride h: lane i pairs with lane i ^ h; the lane
-  // with bit h clear keeps a + b, the other b' - a' (sign -1 on its own value).
-  static inline type stages(type v) {
-    const type s1 = {1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1};
-    const type s2 = {1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1};
-    const type s4 = {1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1};
-    const type s8 = {1, 1, 1, 1, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1, -1, -1};
-    v = v * s1 + __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-    v = v * s2 + __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-    v = v * s4 + __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-    v = v * s8 + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-    return v;
+  // One in-register stage of stride H: lane i pairs with lane i ^ H; the lane with bit H
+  // clear keeps a + b, the other b' - a' (sign -1 on its own value). The masks are
+  // compile-time constants once the loop is folded.
+  template <int H>
+  static inline type stage(type v) {
+    index partner;
+    type sign;
+    for (int i = 0; i < kLanes; ++i) {
+      partner[i] = i ^ H;
+      sign[i] = (i & H) ? T(-1) : T(1);
+    }
+    return v * sign + __builtin_shuffle(v, partner);
   }
-};
 
-template <> struct Vec<double> {
-  using type = f64v;
-  static constexpr int kLanes = 8;
+  // The log2(kLanes) stages of strides 1, 2, .., kLanes / 2.
+  template <int H = 1>
   static inline type stages(type v) {
-    const type s1 = {1, -1, 1, -1, 1, -1, 1, -1};
-    const type s2 = {1, 1, -1, -1, 1, 1, -1, -1};
-    const type s4 = {1, 1, 1, 1, -1, -1, -1, -1};
-    v = v * s1 + __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
-    v = v * s2 + __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5);
-    v = v * s4 + __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
-    return v;
+    if constexpr (H < kLanes) {
+      return stages<2 * H>(stage<H>(v));
+    } else {
+      return v;
+    }
   }
 };
 

@@ -21,8 +21,8 @@
 namespace hadamard_kernels {
 namespace cpu {
 
-// Accumulator values per tile of the K-point product: two 64-byte vectors, so that
-// kKnRowsPerPass tiles of sums stay in registers (4 x 2 AVX-512 or 4 x 4 AVX2 registers).
+// Accumulator values per tile of the K-point product: two native vectors, so that
+// kKnRowsPerPass tiles of sums stay in registers (4 x 2 of them).
 template <typename T> constexpr int64_t kKnTile = 2 * kVecBytes / sizeof(T);
 constexpr int64_t kKnRowsPerPass = 4;
 
