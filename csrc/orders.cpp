@@ -61,14 +61,21 @@ void kn_cpu(const at::Tensor& rows, at::Tensor& out, const std::optional<at::Ten
     const std::vector<acc_t> h = hk.has_value() ? read_hk<acc_t>(*hk, op) : std::vector<acc_t>();
     const std::vector<acc_t> pre = read_signs<acc_t>(pre_signs, 1.0);
     const std::vector<acc_t> post = read_signs<acc_t>(post_signs, scale);
-    const cpu::KnRowArgs<acc_t> args{h.empty() ? nullptr : h.data(),   K, pow2, n,
+    std::vector<uint32_t> offsets;  // the four-Russians product's table (csrc/cpu/orders.h)
+    if (!h.empty() && K % cpu::kKnGroup == 0) {
+      offsets.resize(static_cast<size_t>(K * (K / cpu::kKnGroup)));
+      cpu::kn_offsets(h.data(), K, offsets.data());
+    }
+    const cpu::KnRowArgs<acc_t> args{h.empty() ? nullptr : h.data(),
+                                     offsets.empty() ? nullptr : offsets.data(),
+                                     K, pow2, n,
                                      pre.empty() ? nullptr : pre.data(), post.empty() ? nullptr : post.data(),
                                      static_cast<acc_t>(scale)};
     const scalar_t* x = rows.const_data_ptr<scalar_t>();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     const int64_t rs = rows.stride(0), cs = rows.stride(1);
     at::parallel_for(0, rows.size(0), cpu::grain_rows(K * pow2), [&](int64_t begin, int64_t end) {
-      cpu::RowBuffer<acc_t> buf(K * pow2);
+      cpu::RowBuffer<acc_t> buf(cpu::kn_buffer_size<acc_t>(K, pow2, !offsets.empty()));
       for (int64_t r = begin; r < end; ++r) cpu::kn_row(x + r * rs, cs, y + r * n, buf.get(), args);
     });
   });

@@ -32,7 +32,17 @@ import numbers
 import torch
 
 from . import reference
-from .ops import _FLOAT_DTYPES, BACKENDS, MAX_FEATURES, _check_input, _check_scale, _check_size
+from .ops import (
+    _FAST_OPS,
+    _FLOAT_DTYPES,
+    _OP_ERRORS,
+    BACKENDS,
+    MAX_FEATURES,
+    _check_input,
+    _check_scale,
+    _check_size,
+    _is_compiling,
+)
 from .orders import FAMILIES, FHT_ORDERS, ORDERS, fht_padded_size, hadamard_k, split_order
 
 __all__ = [
@@ -248,6 +258,17 @@ def fwht_(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torc
     ``hadamard_transform_order_``. Autograd as torch's in-place ops (see
     ``hadamard_transform_order_``).
     """
+    if (type(scale) is float or type(scale) is int) and not _is_compiling():
+        # ops.fwht's fast path: the op resolved by an earlier call, whose C++ checks are
+        # complete; on any error the full path below raises the named error.
+        try:
+            fast = _FAST_OPS.get(("fwht_", backend, x.device))
+            if fast is not None:
+                n = x.shape[-1]
+                fast(x, None, 1 << (n - 1).bit_length() if n > 1 else 1, float(scale), None, None)
+                return x
+        except _OP_ERRORS:
+            pass
     op = "fwht_"
     _check_input(x, op)
     scale = _check_scale(scale, op)
@@ -258,7 +279,10 @@ def fwht_(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torc
     name = _resolve(backend, x, op)
     if name == "reference":
         return x.copy_(reference.fwht_reference(x, scale))
-    torch.ops.hadamard_kernels.hadamard_transform_kn_.default(x, None, m, scale, None, None)
+    kernel = torch.ops.hadamard_kernels.hadamard_transform_kn_.default
+    kernel(x, None, m, scale, None, None)
+    if name in ("cpu", "cuda"):
+        _FAST_OPS[("fwht_", backend, x.device)] = kernel._op
     return x
 
 

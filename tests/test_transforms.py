@@ -163,6 +163,25 @@ def test_op_padding_and_signs_match_dense(n, K, p):
         assert rel_err(y, dense_kn(x, K, p, 0.7, pre=a, post=b)) <= RTOL[torch.float64]
 
 
+# Both K-point products of csrc/cpu/orders.h: the four-Russians one (K % 4 == 0, chunks of
+# whole cache lines: p >= 16 floats / 8 doubles) and the plain one (shorter chunks), with
+# partial groups of 4 chunks (n < K p), a last vector cut short, and every dtype.
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize(
+    "n,K,p",
+    [(12 * 64, 12, 64), (5 * 32 + 3, 12, 32), (20 * 16 - 1, 20, 16), (172 * 16, 172, 16), (97 * 16 + 5, 172, 16),
+     (40 * 8 + 1, 40, 16), (1, 12, 64), (28 * 8, 28, 8)],
+)  # fmt: skip
+def test_op_k_point_products_match_dense(n, K, p, dtype):
+    x = torch.randn(4, n, dtype=dtype)
+    pre, post = hk.random_signs(n, seed=4, dtype=dtype), hk.random_signs(n, seed=5, dtype=dtype)
+    h = orders.hadamard_k(K, torch.int8, family="rotation")
+    for a, b in ((None, None), (pre, post)):
+        y = ops.hadamard_transform_kn(x, h, p, 0.7, a, b)
+        assert y.dtype == dtype
+        assert rel_err(y, dense_kn(x, K, p, 0.7, pre=a, post=b)) <= RTOL[dtype]
+
+
 def test_op_general_diagonals():
     # The op takes any diagonal, not only +-1 (the public API passes signs).
     x = torch.randn(2, 24, dtype=torch.float64)

@@ -9,6 +9,13 @@
 // H_K: chunk a of the output is sum_a' H_K[a, a'] * chunk a'. Entries beyond n are zero on
 // input and dropped on output, so only the first ceil(n / p) chunks are ever touched.
 //
+// The K-point product (K a multiple of 4, chunks of at least one vector) is the "four
+// Russians" one: per vector of columns, the 16 signed sums +-v[4j] +-v[4j+1] +-v[4j+2]
+// +-v[4j+3] of every group j of 4 chunks are formed once (kn_combos), and each output chunk
+// a adds one of them per group, picked by the sign pattern of H_K[a, 4j:4j+4] (kn_patterns):
+// K/4 additions per output instead of K multiply-adds. Other K, and chunks shorter than a
+// vector, take the plain product (k_point_tile).
+//
 // Pure C++ (no torch): the caller converts H_K and the diagonals to the accumulator type.
 #pragma once
 
@@ -30,6 +37,7 @@ constexpr int64_t kKnRowsPerPass = 4;
 template <typename T>
 struct KnRowArgs {
   const T* h;         // K * K row-major H_K in T (entries +-1), or null for K = 1
+  const uint32_t* offsets;  // K * (K / 4) byte offsets into the combos (kn_offsets), or null
   int64_t K;          // order of H_K (1 when h is null)
   int64_t p;          // power-of-two chunk length
   int64_t n;          // entries read and written, n <= K * p
@@ -38,16 +46,16 @@ struct KnRowArgs {
   T scale;            // multiplies every output when post is null
 };
 
-// acc[r][:len] = sum_{a' < used} h[(a + r) K + a'] buf[a' p + b0 : ... + len] for r < rows.
+// acc[r][:len] = sum_{a' < used} h[(a + r) K + a'] buf[a' stride + b0 : ... + len] for r < rows.
 // kLen is len when it is a compile-time tile width (full tiles), else 0 and len is used.
 template <int64_t kLen, typename T>
-inline void k_point_tile(const T* __restrict buf, const KnRowArgs<T>& args, int64_t used, int64_t a,
+inline void k_point_tile(const T* __restrict buf, int64_t stride, const KnRowArgs<T>& args, int64_t used, int64_t a,
                          int64_t rows, int64_t b0, int64_t len, T (&acc)[kKnRowsPerPass][kKnTile<T>]) {
   const int64_t w = kLen > 0 ? kLen : len;
   for (int64_t r = 0; r < kKnRowsPerPass; ++r)
     for (int64_t j = 0; j < kKnTile<T>; ++j) acc[r][j] = T(0);
   for (int64_t a2 = 0; a2 < used; ++a2) {
-    const T* src = buf + a2 * args.p + b0;
+    const T* src = buf + a2 * stride + b0;
     for (int64_t r = 0; r < rows; ++r) {
       const T s = args.h[(a + r) * args.K + a2];
 #pragma GCC ivdep
@@ -56,7 +64,88 @@ inline void k_point_tile(const T* __restrict buf, const KnRowArgs<T>& args, int6
   }
 }
 
-// buf: kVecBytes-aligned scratch of at least K * p values. x: the row, entries x[i * xs];
+// Inputs per group of the four-Russians product, and the signed sums kept per group.
+constexpr int64_t kKnGroup = 4;
+constexpr int64_t kKnCombos = 16;
+
+// Distance between chunks in kn_row's buffer: p, plus one cache line once chunks are whole
+// vectors. Chunks exactly 4 KB apart (p = 1024 floats) map to one set of the L1 cache and
+// the K-point product, which reads one vector of every chunk in turn, evicted its own lines
+// (12 ways of an 8-way cache at K = 12).
+template <typename T>
+constexpr int64_t kn_chunk_stride(int64_t p) {
+  return p >= Vec<T>::kLanes ? p + 64 / static_cast<int64_t>(sizeof(T)) : p;
+}
+
+// The four-Russians product works on one cache line of columns at a time (so that every
+// output line is written whole, once), kKnCols<T> vectors, and kKnRows<T> output chunks at
+// once: 8 independent sums, enough to hide the additions' latency without spilling.
+template <typename T> constexpr int64_t kKnCols = kVecBytes >= 64 ? 1 : 64 / kVecBytes;
+template <typename T> constexpr int64_t kKnRows = 8 / kKnCols<T>;
+template <typename T> constexpr int64_t kKnLine = kKnCols<T> * Vec<T>::kLanes;  // columns per step
+
+// Scratch values kn_row needs for a row of K chunks of p (K = 1 when hk is None): the chunks
+// and, for the four-Russians product (russians), the combos of one line of columns.
+template <typename T>
+constexpr int64_t kn_buffer_size(int64_t K, int64_t p, bool russians) {
+  return K * kn_chunk_stride<T>(p) + (russians ? K / kKnGroup * kKnCombos * kKnLine<T> : 0);
+}
+
+// offsets[a * (K / 4) + j] = byte offset of combo (j, s) in kn_row's combos, s the sign
+// pattern of H_K[a, 4j:4j+4] (bit i set where the entry is -1). h: K * K entries +-1, K % 4 == 0.
+template <typename T>
+inline void kn_offsets(const T* h, int64_t K, uint32_t* offsets) {
+  const int64_t groups = K / kKnGroup;
+  for (int64_t a = 0; a < K; ++a)
+    for (int64_t j = 0; j < groups; ++j) {
+      uint32_t pattern = 0;
+      for (int64_t i = 0; i < kKnGroup; ++i)
+        if (h[a * K + j * kKnGroup + i] < T(0)) pattern |= 1u << i;
+      offsets[a * groups + j] = static_cast<uint32_t>((j * kKnCombos + pattern) * kKnLine<T> * sizeof(T));
+    }
+}
+
+// combos[(16 j + s) * kKnCols + c] = sum_i (bit i of s ? -1 : +1) * v_i over the 4 chunks
+// 4j .. 4j+3 of buf (chunk a at buf + a * stride), at vector c of the line of columns b0, for
+// the groups j < groups.
+template <typename T>
+inline void kn_combos(const T* __restrict buf, int64_t stride, int64_t b0, int64_t groups,
+                      typename Vec<T>::type* __restrict combos) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t C = kKnCols<T>;
+  for (int64_t j = 0; j < groups; ++j)
+    for (int64_t c = 0; c < C; ++c) {
+      V v[kKnGroup];
+      for (int64_t i = 0; i < kKnGroup; ++i)
+        __builtin_memcpy(&v[i], buf + (j * kKnGroup + i) * stride + b0 + c * Vec<T>::kLanes, sizeof(V));
+      const V lo[4] = {v[0] + v[1], v[1] - v[0], v[0] - v[1], -(v[0] + v[1])};  // signs of v0, v1: bits 0, 1
+      const V hi[4] = {v[2] + v[3], v[3] - v[2], v[2] - v[3], -(v[2] + v[3])};  // signs of v2, v3: bits 2, 3
+      V* out = combos + j * kKnCombos * C + c;
+#pragma GCC unroll 16
+      for (int64_t q = 0; q < kKnCombos; ++q) out[q * C] = lo[q & 3] + hi[q >> 2];
+    }
+}
+
+// Output chunks a .. a + rows - 1 (rows = kRows), one line of columns: acc[r][c] = sum over
+// the groups j < groups of the combo that row a + r of offsets (K / 4 entries a row) picks.
+template <int64_t kRows, typename T>
+inline void kn_gather(const typename Vec<T>::type* __restrict combos, const uint32_t* __restrict offsets,
+                      int64_t offsets_per_row, int64_t groups, int64_t a,
+                      typename Vec<T>::type (&acc)[kRows][kKnCols<T>]) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t C = kKnCols<T>;
+  const char* base = reinterpret_cast<const char*>(combos);
+  for (int64_t r = 0; r < kRows; ++r)
+    for (int64_t c = 0; c < C; ++c) acc[r][c] = V{};
+  for (int64_t j = 0; j < groups; ++j)
+    for (int64_t r = 0; r < kRows; ++r) {
+      const V* line = reinterpret_cast<const V*>(base + offsets[(a + r) * offsets_per_row + j]);
+      for (int64_t c = 0; c < C; ++c) acc[r][c] += line[c];
+    }
+}
+
+// buf: kVecBytes-aligned scratch of kn_buffer_size<T>(K, p, offsets != null) values. x: the
+// row, entries x[i * xs];
 // out: n contiguous outputs (may equal x when xs == 1: the row is read in full first).
 template <typename scalar_t, typename T>
 inline void kn_row(const scalar_t* x, int64_t xs, scalar_t* out, T* __restrict buf, const KnRowArgs<T>& args) {
@@ -73,16 +162,37 @@ inline void kn_row(const scalar_t* x, int64_t xs, scalar_t* out, T* __restrict b
     }
   }
   const int64_t used = (n + p - 1) / p;  // chunks holding any of the n entries
-  if (args.pre != nullptr) {
-    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<T>(x[i * xs]) * args.pre[i];
-  } else {
-    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<T>(x[i * xs]);
-  }
-  std::fill(buf + n, buf + used * p, T(0));
-  // Chunks start kVecBytes-aligned (p * sizeof(T) is a multiple of it once p >= one vector;
-  // shorter chunks take fwht_row's scalar path, which needs no alignment).
+  using V = typename Vec<T>::type;
+  constexpr int64_t W = Vec<T>::kLanes;
+  const bool russians = args.offsets != nullptr && p % kKnLine<T> == 0;
+  // The four-Russians product reads whole groups of 4 chunks: zeros up to the last group.
+  const int64_t groups = (used + kKnGroup - 1) / kKnGroup;
+  const int64_t chunks = russians ? groups * kKnGroup : used;
+  const int64_t stride = kn_chunk_stride<T>(p);
+  // Chunks start kVecBytes-aligned (p * sizeof(T) and the padding are multiples of it once
+  // p >= one vector; shorter chunks take fwht_row's scalar path, which needs no alignment).
   const T unit = args.h == nullptr && args.post == nullptr ? args.scale : T(1);
-  for (int64_t a = 0; a < used; ++a) fwht_row(buf + a * p, buf + a * p, p, unit);
+  for (int64_t a = 0; a < chunks; ++a) {
+    T* c = buf + a * stride;
+    const int64_t len = std::clamp<int64_t>(n - a * p, 0, p);  // entries of x in chunk a
+    if constexpr (std::is_same_v<scalar_t, T>) {
+      if (len == p && xs == 1 && args.pre == nullptr) {  // straight from x: one read, no copy
+        fwht_row(x + a * p, c, p, unit);
+        continue;
+      }
+    }
+    const scalar_t* xa = x + a * p * xs;
+    if (args.pre != nullptr) {
+      const T* f = args.pre + a * p;
+      for (int64_t i = 0; i < len; ++i) c[i] = static_cast<T>(xa[i * xs]) * f[i];
+    } else if (xs == 1) {
+      for (int64_t i = 0; i < len; ++i) c[i] = static_cast<T>(xa[i]);
+    } else {
+      for (int64_t i = 0; i < len; ++i) c[i] = static_cast<T>(xa[i * xs]);
+    }
+    std::fill(c + len, c + p, T(0));
+    if (len > 0) fwht_row(c, c, p, unit);
+  }
   auto store = [&](int64_t base, const T* v, int64_t len) {
     scalar_t* o = out + base;
     if (args.post != nullptr) {
@@ -98,6 +208,52 @@ inline void kn_row(const scalar_t* x, int64_t xs, scalar_t* out, T* __restrict b
     store(0, buf, n);
     return;
   }
+  if (russians) {
+    constexpr int64_t C = kKnCols<T>;
+    constexpr int64_t R = kKnRows<T>;
+    V* combos = reinterpret_cast<V*>(buf + args.K * stride);
+    // One vector of output chunk a at column b: scaled (and post-multiplied), stored.
+    auto put = [&](int64_t a, int64_t b, V v) {
+      const int64_t base = a * p + b;
+      if (base >= n) return;
+      if constexpr (std::is_same_v<scalar_t, T>) {
+        if (base + W <= n) {  // a whole vector: scaled and stored as one
+          if (args.post != nullptr) {
+            V f;
+            __builtin_memcpy(&f, args.post + base, sizeof(V));
+            v *= f;
+          } else {
+            v *= args.scale;
+          }
+          __builtin_memcpy(out + base, &v, sizeof(V));
+          return;
+        }
+      }
+      T vals[W];
+      __builtin_memcpy(vals, &v, sizeof(V));
+      for (int64_t j = 0; j < W && base + j < n; ++j) {
+        const T f = args.post != nullptr ? args.post[base + j] : args.scale;
+        out[base + j] = static_cast<scalar_t>(vals[j] * f);
+      }
+    };
+    const int64_t per_row = args.K / kKnGroup;
+    for (int64_t b0 = 0; b0 < p; b0 += kKnLine<T>) {
+      kn_combos(buf, stride, b0, groups, combos);
+      int64_t a = 0;
+      for (; a + R <= used; a += R) {
+        V acc[R][C];
+        kn_gather<R, T>(combos, args.offsets, per_row, groups, a, acc);
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t c = 0; c < C; ++c) put(a + r, b0 + c * W, acc[r][c]);
+      }
+      for (; a < used; ++a) {
+        V acc[1][C];
+        kn_gather<1, T>(combos, args.offsets, per_row, groups, a, acc);
+        for (int64_t c = 0; c < C; ++c) put(a, b0 + c * W, acc[0][c]);
+      }
+    }
+    return;
+  }
   constexpr int64_t tile = kKnTile<T>;
   T acc[kKnRowsPerPass][tile];
   for (int64_t b0 = 0; b0 < p; b0 += tile) {
@@ -105,9 +261,9 @@ inline void kn_row(const scalar_t* x, int64_t xs, scalar_t* out, T* __restrict b
     for (int64_t a = 0; a < used; a += kKnRowsPerPass) {
       const int64_t rows = std::min(kKnRowsPerPass, used - a);
       if (len == tile) {
-        k_point_tile<tile>(buf, args, used, a, rows, b0, len, acc);
+        k_point_tile<tile>(buf, stride, args, used, a, rows, b0, len, acc);
       } else {
-        k_point_tile<0>(buf, args, used, a, rows, b0, len, acc);
+        k_point_tile<0>(buf, stride, args, used, a, rows, b0, len, acc);
       }
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t base = (a + r) * p + b0;
