@@ -892,9 +892,11 @@ def test_direct_op_rejects_float8(op):
 
 def _warm_fast_path():
     hk.fwht(torch.randn(2, 8))
+    hk.fwht_(torch.randn(2, 8))
     hk.hadamard_classifier(torch.randn(2, 8), 3, torch.tensor(0.5), torch.zeros(3))
     assert ("fwht", "auto", torch.device("cpu")) in hk.ops._FAST_OPS
     assert ("hadamard_classifier", "auto", torch.device("cpu")) in hk.ops._FAST_OPS
+    assert ("fwht_", "auto", torch.device("cpu")) in hk.ops._FAST_OPS
 
 
 FAST_PATH_ERRORS = {
@@ -904,6 +906,16 @@ FAST_PATH_ERRORS = {
     "fwht-bool-scale": (TypeError, "fwht: scale must be a real number", lambda: hk.fwht(torch.ones(4), True)),
     "fwht-size": (ValueError, "fwht: transform size", lambda: hk.fwht(torch.empty(1, 2**20 + 1))),
     "fwht-backend": (ValueError, "fwht: backend must be", lambda: hk.fwht(torch.ones(4), backend="nonsense")),
+    "fwht_-dtype": (TypeError, r"fwht_: x must be float32", lambda: hk.fwht_(torch.ones(2, 4, dtype=torch.int32))),
+    "fwht_-0d": (ValueError, "fwht_: x must have at least 1 dimension", lambda: hk.fwht_(torch.tensor(1.0))),
+    "fwht_-list": (TypeError, "fwht_: x must be a torch.Tensor", lambda: hk.fwht_([1.0, 2.0])),
+    "fwht_-bool-scale": (TypeError, "fwht_: scale must be a real number", lambda: hk.fwht_(torch.ones(4), True)),
+    "fwht_-size": (ValueError, "fwht_: transform size", lambda: hk.fwht_(torch.empty(1, 2**20 + 1))),
+    "fwht_-strided": (ValueError, "fwht_: x must be contiguous", lambda: hk.fwht_(torch.ones(4, 8).T)),
+    "fwht_-expanded": (ValueError, "fwht_: x must be contiguous", lambda: hk.fwht_(torch.ones(1, 8).expand(3, 8))),
+    "fwht_-backend": (ValueError, "fwht_: backend must be", lambda: hk.fwht_(torch.ones(4), backend="nonsense")),
+    "fwht_-leaf": (RuntimeError, "a leaf Variable that requires grad",
+                   lambda: hk.fwht_(torch.ones(4, requires_grad=True))),
     "clf-dtype": (TypeError, "hadamard_classifier: x must be float32",
                   lambda: hk.hadamard_classifier(torch.ones(2, 4, dtype=torch.int64), 3, torch.tensor(1.0))),
     "clf-bool-classes": (TypeError, "num_classes must be an int",
@@ -944,6 +956,9 @@ def test_fast_path_casts_bias_and_takes_float_scale():
     want = R.hadamard_classifier_reference(x, 5, torch.tensor(0.5, dtype=torch.float64), bias.double())
     assert rel_err(hk.hadamard_classifier(x, 5, 0.5, bias), want) <= RTOL[torch.float64]
     assert rel_err(hk.fwht(x, 2), R.fwht_reference(x, 2.0)) <= RTOL[torch.float64]
+    for n in (1, 5, 8):  # fwht_'s fast path computes next_pow2(n) itself: odd sizes pad
+        x = torch.randn(3, n, dtype=torch.float64)
+        assert rel_err(hk.fwht_(x.clone(), 0.5), R.fwht_reference(x, 0.5)) <= RTOL[torch.float64]
 
 
 def test_autograd_builds_a_node_only_when_needed():
