@@ -9,7 +9,9 @@ fwht rows: time of ``fwht(x)`` for x of shape (rows, n), next to ``x.clone()`` (
 and one write: the floor), dense ``F.linear(x, H_n)`` (what the transform replaces),
 numpy ``x @ scipy.linalg.hadamard(n)`` on CPU, and the peers that are installed
 (CPU: fht_cpu, ffht, each timed in a child process; CUDA: fast_hadamard_transform), all in
-one run. Classifier rows: the fused ``hadamard_classifier`` against a learned ``nn.Linear``
+one run. Order rows: ``hadamard_transform_order`` (and in place) for n = K * 2^k against the
+fwht of the next smaller power of two over as many values, time per value (issue 11), with
+fast-hadamard-transform's ``hadamard_transform_{12,20,28,40}N`` on CUDA. Classifier rows: the fused ``hadamard_classifier`` against a learned ``nn.Linear``
 head and against ``alpha * F.linear(F.normalize(x), W) + b``, forward and forward+backward.
 
 How (benchmarks/timing.py): the candidates of a case take turns in many short rounds; a
@@ -90,6 +92,28 @@ class ClassifierRow:
     spread: float  # of those samples: (q75 - q25) / (2 * median)
     speedup_vs_linear: float  # nn.Linear head time / this time: median of the per-round ratios
     speedup_spread: float  # of those ratios
+    busy: float | None  # cores' worth of CPU other processes took meanwhile (timing.MachineBusy)
+
+
+@dataclass(frozen=True)
+class OrderCase:
+    dtype: str
+    K: int
+    p: int  # n = K * p
+    rows: int
+
+
+@dataclass(frozen=True)
+class OrderRow:
+    impl: str
+    dtype: str
+    n: int
+    K: int
+    rows: int
+    ms: float  # the statistic (--stat) of the per-round samples, per call
+    spread: float  # of those samples: (q75 - q25) / (2 * median)
+    vs_pow2: float  # time per value / the next smaller power-of-two fwht's: median of per-round ratios
+    vs_pow2_spread: float  # of those ratios
     busy: float | None  # cores' worth of CPU other processes took meanwhile (timing.MachineBusy)
 
 
@@ -232,6 +256,51 @@ def run_fwht_case(case: FwhtCase, device: torch.device, stat: str) -> list[FwhtR
     ]
 
 
+# Orders K * 2^k of the rotation papers' widths (issue 11's targets: 12 * 1024, 28 * 512,
+# 172 * 64 = LLaMA's 11008), about 2^22 values each, against the fwht of the next smaller
+# power of two (2^13 for all three) over 2^22 values in the same rounds.
+ORDER_SHAPES = [(12, 1024), (28, 512), (172, 64)]
+ORDER_VALUES = 2**22
+
+
+def order_cases(device: torch.device, quick: bool) -> list[OrderCase]:
+    dtypes = ["float16", "float32"] if device.type == "cuda" else ["float32"]
+    shapes = ORDER_SHAPES[:1] if quick else ORDER_SHAPES
+    values = 2**27 if device.type == "cuda" else ORDER_VALUES
+    return [OrderCase(d, K, p, round(values / (K * p))) for d in dtypes for K, p in shapes]
+
+
+def pow2_name(m: int) -> str:
+    return f"fwht, n = 2^{m.bit_length() - 1}"
+
+
+def run_order_case(case: OrderCase, device: torch.device, stat: str) -> list[OrderRow]:
+    dtype = DTYPES[case.dtype]
+    n = case.K * case.p
+    m = 1 << (n.bit_length() - 1)  # the next smaller power of two
+    x = torch.randn(case.rows, n, device=device, dtype=dtype)
+    xp = torch.randn(case.rows * n // m, m, device=device, dtype=dtype)  # as many values, to within one row
+    base = pow2_name(m)
+    fns: dict[str, Callable[[], object]] = {base: lambda: hk.fwht(xp), "x.clone()": lambda: x.clone()}
+    fns["hadamard_transform_order"] = lambda: hk.hadamard_transform_order(x, n**-0.5, K=case.K)
+    xi = x.clone()  # orthonormal, so values stay bounded over repeated calls
+    fns["hadamard_transform_order_ (in place)"] = lambda: hk.hadamard_transform_order_(xi, n**-0.5, K=case.K)
+    if device.type == "cuda" and case.K in (12, 20, 28, 40):
+        try:
+            import fast_hadamard_transform as fht
+
+            peer = getattr(fht, f"hadamard_transform_{case.K}N")
+            fns[f"fast-hadamard-transform {case.K}N"] = lambda: peer(x, n**-0.5)
+        except (ImportError, AttributeError):
+            pass
+    times = _measure(fns, device, base, stat)
+    per_value = xp.numel() / x.numel()  # time ratios -> ratios of time per value
+    return [
+        OrderRow(name, case.dtype, n, case.K, case.rows, t.ms, t.spread, t.ratio * per_value, t.ratio_spread, t.busy)
+        for name, t in times.items()
+    ]
+
+
 def classifier_cases(device: torch.device, quick: bool) -> list[ClassifierCase]:
     shapes = [(512, 10), (2048, 1000), (2048, 18000), (4096, 32000)]
     if device.type == "cuda":
@@ -285,11 +354,13 @@ def _fmt(ms: float) -> str:
     return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
 
 
-def is_noisy(row: FwhtRow | ClassifierRow, threads: int | None) -> bool:
+def is_noisy(row: FwhtRow | ClassifierRow | OrderRow, threads: int | None) -> bool:
     """Whether a cell's spread (its ratio's; the baseline's own time's) exceeds NOISY, or
     other processes took CPU that the candidates' ``threads`` needed (None: not asked, on GPU)."""
     if isinstance(row, FwhtRow):
         spread = row.spread if row.impl == "x.clone()" else row.vs_clone_spread
+    elif isinstance(row, OrderRow):
+        spread = row.spread if row.impl.startswith("fwht, n = ") else row.vs_pow2_spread
     else:
         spread = row.spread if row.impl == "nn.Linear head" else row.speedup_spread
     return spread > NOISY or (threads is not None and contended(row.busy, threads))
@@ -307,7 +378,7 @@ FOOTNOTE = (
 )
 
 
-def _cell(row: FwhtRow | ClassifierRow | None, baseline: bool, ratio: str | None, threads: int | None) -> str:
+def _cell(row: FwhtRow | ClassifierRow | OrderRow | None, baseline: bool, ratio: str | None, threads: int | None) -> str:
     """One table cell: empty without a row; the baseline's time with its spread; any other
     candidate's time with ``ratio`` (its ratio to the baseline, spread included); † if noisy."""
     if row is None:
@@ -350,6 +421,26 @@ def classifier_markdown(rows: list[ClassifierRow], threads: int | None) -> str:
                                r and f"{r.speedup_vs_linear:.1f}x ±{r.speedup_spread:.0%}", threads))
         busy = _busy(by[("nn.Linear head", *key)].busy)
         lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells) + f" | {busy} |")
+    return "\n".join(lines)
+
+
+def order_markdown(rows: list[OrderRow], threads: int | None) -> str:
+    """Orders K * 2^k: every candidate's time and its time per value over the power-of-two
+    baseline's (the first column, a different n per row, named in the cell)."""
+    impls = [i for i in dict.fromkeys(r.impl for r in rows) if not i.startswith("fwht, n = ")]
+    keys = list(dict.fromkeys((r.dtype, r.n, r.K, r.rows) for r in rows))
+    by = {(r.impl, r.dtype, r.n, r.rows): r for r in rows}
+    lines = [
+        "| dtype | n = K * 2^k | rows | fwht of the next smaller 2^k, as many values | " + " | ".join(impls) + " | busy |",
+        "|---|---:|---:|---:|" + "---:|" * len(impls) + "---:|",
+    ]
+    for dtype, n, K, nrows in keys:
+        base = next(r for r in rows if (r.dtype, r.n, r.rows) == (dtype, n, nrows) and r.impl.startswith("fwht, n = "))
+        cells = [base.impl.removeprefix("fwht, n = ") + ": " + _cell(base, True, None, threads)]
+        for impl in impls:
+            r = by.get((impl, dtype, n, nrows))
+            cells.append(_cell(r, False, r and f"{r.vs_pow2:.2f}x ±{r.vs_pow2_spread:.0%}", threads))
+        lines.append(f"| {dtype} | {K} * {n // K} = {n} | {nrows} | " + " | ".join(cells) + f" | {_busy(base.busy)} |")
     return "\n".join(lines)
 
 
@@ -416,6 +507,9 @@ def main(argv: list[str] | None = None) -> None:
     fwht_rows: list[FwhtRow] = []
     for case in tqdm(fwht_cases(device, args.quick), desc="fwht", leave=False):
         fwht_rows += run_fwht_case(case, device, args.stat)
+    order_rows: list[OrderRow] = []
+    for case in tqdm(order_cases(device, args.quick), desc="orders", leave=False):
+        order_rows += run_order_case(case, device, args.stat)
     clf_rows: list[ClassifierRow] = []
     for case in tqdm(classifier_cases(device, args.quick), desc="classifier", leave=False):
         clf_rows += run_classifier_case(case, device, args.stat)
@@ -426,10 +520,12 @@ def main(argv: list[str] | None = None) -> None:
     env["timing"] = f"{args.stat} of interleaved rounds, ratios paired per round (benchmarks/timing.py)"
     header = ", ".join(f"{k} {v}" for k, v in env.items())
     threads = torch.get_num_threads() if device.type == "cpu" else None
-    noisy = sum(is_noisy(r, threads) for r in [*fwht_rows, *clf_rows])
+    noisy = sum(is_noisy(r, threads) for r in [*fwht_rows, *order_rows, *clf_rows])
     md = (
         f"# hadamard_kernels benchmark: {env['device']}\n\n{header}\n\n"
         f"## fwht: {args.stat} ms (time / x.clone() time)\n\n" + fwht_markdown(fwht_rows, threads) + "\n\n"
+        f"## Orders K * 2^k: {args.stat} ms (time per value / the power-of-two fwht's)\n\n"
+        + order_markdown(order_rows, threads) + "\n\n"
         f"## Fixed classifier: {args.stat} ms (speedup over the nn.Linear head)\n\n"
         + classifier_markdown(clf_rows, threads) + "\n\n"
         + FOOTNOTE.format(noisy=NOISY) + "\n"
@@ -439,6 +535,7 @@ def main(argv: list[str] | None = None) -> None:
     with open(stem + ".json", "w") as f:
         json.dump({"environment": env,
                    "fwht": [dataclasses.asdict(r) for r in fwht_rows],
+                   "orders": [dataclasses.asdict(r) for r in order_rows],
                    "classifier": [dataclasses.asdict(r) for r in clf_rows]}, f, indent=1)
     plot(fwht_rows, clf_rows, header, stem + ".png")
     print(md)
