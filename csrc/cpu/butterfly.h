@@ -35,6 +35,11 @@ struct Vec {
   typedef T type __attribute__((vector_size(kVecBytes), may_alias));
   typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> index __attribute__((vector_size(kVecBytes)));
   static constexpr int kLanes = kVecBytes / sizeof(T);
+  // The same vector at any address (one unaligned load or store instruction; a memcpy into
+  // an array element was split into 16-byte halves, whose reload then stalled store forwarding).
+  typedef T unaligned __attribute__((vector_size(kVecBytes), aligned(alignof(T)), may_alias));
+  static inline type load(const T* p) { return *reinterpret_cast<const unaligned*>(p); }
+  static inline void store(T* p, type v) { *reinterpret_cast<unaligned*>(p) = v; }
 
   // One in-register stage of stride H: lane i pairs with lane i ^ H; the lane with bit H
   // clear keeps a + b, the other b' - a' (sign -1 on its own value). The masks are
@@ -121,13 +126,11 @@ inline void first_sweep(const T* in, T* out, int64_t nv, T scale) {
     V r[R];
 #pragma GCC unroll 16
     for (int t = 0; t < R; ++t) {
-      V a;
-      __builtin_memcpy(&a, in + (i + t) * W, sizeof(V));
-      r[t] = Vec<T>::stages(a * scale);
+      r[t] = Vec<T>::stages(Vec<T>::load(in + (i + t) * W) * scale);
     }
     levels<K>(r);
 #pragma GCC unroll 16
-    for (int t = 0; t < R; ++t) __builtin_memcpy(out + (i + t) * W, &r[t], sizeof(V));
+    for (int t = 0; t < R; ++t) Vec<T>::store(out + (i + t) * W, r[t]);
   }
 }
 

@@ -115,9 +115,9 @@ inline void kn_combos(const T* __restrict buf, int64_t stride, int64_t b0, int64
   constexpr int64_t C = kKnCols<T>;
   for (int64_t j = 0; j < groups; ++j)
     for (int64_t c = 0; c < C; ++c) {
-      V v[kKnGroup];
-      for (int64_t i = 0; i < kKnGroup; ++i)
-        __builtin_memcpy(&v[i], buf + (j * kKnGroup + i) * stride + b0 + c * Vec<T>::kLanes, sizeof(V));
+      const T* col = buf + j * kKnGroup * stride + b0 + c * Vec<T>::kLanes;
+      const V v[kKnGroup] = {Vec<T>::load(col), Vec<T>::load(col + stride), Vec<T>::load(col + 2 * stride),
+                             Vec<T>::load(col + 3 * stride)};
       const V lo[4] = {v[0] + v[1], v[1] - v[0], v[0] - v[1], -(v[0] + v[1])};  // signs of v0, v1: bits 0, 1
       const V hi[4] = {v[2] + v[3], v[3] - v[2], v[2] - v[3], -(v[2] + v[3])};  // signs of v2, v3: bits 2, 3
       V* out = combos + j * kKnCombos * C + c;
@@ -218,14 +218,8 @@ inline void kn_row(const scalar_t* x, int64_t xs, scalar_t* out, T* __restrict b
       if (base >= n) return;
       if constexpr (std::is_same_v<scalar_t, T>) {
         if (base + W <= n) {  // a whole vector: scaled and stored as one
-          if (args.post != nullptr) {
-            V f;
-            __builtin_memcpy(&f, args.post + base, sizeof(V));
-            v *= f;
-          } else {
-            v *= args.scale;
-          }
-          __builtin_memcpy(out + base, &v, sizeof(V));
+          v *= args.post != nullptr ? Vec<T>::load(args.post + base) : args.scale + V{};
+          Vec<T>::store(out + base, v);
           return;
         }
       }
