@@ -30,7 +30,7 @@ def _extension():
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wno-array-bounds"]
     if os.environ.get("HADAMARD_KERNELS_PORTABLE") != "1":
         cxx.append("-march=native")
-    sources = ["csrc/ops.cpp", "csrc/orders.cpp", "csrc/autograd.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/orders.cpp", "csrc/quantize.cpp", "csrc/autograd.cpp"]
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     common = dict(
         name="hadamard_kernels._C",

@@ -16,6 +16,7 @@
 //     detected as modified; with one, a Function marks x dirty, which rebases x's history
 //     onto the transform's node as torch's own in-place ops do (and, as they do, refuses a
 //     leaf that requires grad).
+//   hadamard_quantize: not differentiable (rounded codes); a graph is refused at the call.
 //   classifier_forward: for a plain backward, the fused classifier_backward op (formulas in
 //     hadamard.h). When the backward is itself differentiated (create_graph=True: gradient
 //     penalties, gradgradcheck), the same formulas are computed with differentiable ATen ops
@@ -314,9 +315,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_autograd(cons
   return {out[0], out[1], out[2]};
 }
 
+std::tuple<at::Tensor, at::Tensor> quantize_op(const at::Tensor& x, const OptTensor& hk, int64_t pow2, double scale,
+                                               const OptTensor& pre, at::ScalarType dtype, int64_t group_size) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("hadamard_kernels::hadamard_quantize", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const OptTensor&, int64_t,
+                                                                       double, const OptTensor&, at::ScalarType,
+                                                                       int64_t)>();
+  return op.call(x, hk, pow2, scale, pre, dtype, group_size);
+}
+
+// Rounding has a zero derivative almost everywhere: a graph through the codes would only
+// ever give zero gradients, so one is refused rather than built.
+std::tuple<at::Tensor, at::Tensor> quantize_autograd(const at::Tensor& x, const OptTensor& hk, int64_t pow2,
+                                                     double scale, const OptTensor& pre, at::ScalarType dtype,
+                                                     int64_t group_size) {
+  const at::Tensor& signs = pre.has_value() ? *pre : x;
+  TORCH_CHECK(!needs_graph({&x, &signs}),
+              "hadamard_kernels::hadamard_quantize is not differentiable (its codes are rounded): call it on "
+              "x.detach() or under torch.no_grad()");
+  at::AutoDispatchBelowADInplaceOrView below;
+  return quantize_op(x, hk, pow2, scale, pre, dtype, group_size);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hadamard_kernels, Autograd, m) {
+  m.impl("hadamard_quantize", &quantize_autograd);
   m.impl("hadamard_transform", &transform_autograd);
   m.impl("classifier_forward", &classifier_forward_autograd);
   m.impl("classifier_backward", &classifier_backward_autograd);

@@ -111,6 +111,18 @@ inline int64_t check_kn_args(const at::Tensor& x, const std::optional<at::Tensor
   return K;
 }
 
+// The quantisation arguments of hadamard_quantize: dtype int8 / float8_e4m3fn / float8_e5m2,
+// group_size 0 (one group a row) or a divisor of n >= 1. Returns the group size.
+inline int64_t check_quantize_args(int64_t n, at::ScalarType dtype, int64_t group_size, const char* op) {
+  TORCH_CHECK_TYPE(dtype == at::kChar || dtype == at::kFloat8_e4m3fn || dtype == at::kFloat8_e5m2, op,
+                   ": dtype must be int8, float8_e4m3fn or float8_e5m2, got ", dtype);
+  TORCH_CHECK_VALUE(n >= 1, op, ": x must have at least one feature to quantise");
+  TORCH_CHECK_VALUE(group_size >= 0, op, ": group_size must be >= 0 (0: one group a row), got ", group_size);
+  const int64_t g = group_size == 0 ? n : group_size;
+  TORCH_CHECK_VALUE(n % g == 0, op, ": group_size ", g, " does not divide n = ", n);
+  return g;
+}
+
 // An in-place transform writes each row where it read it: x must be contiguous (hence
 // without overlapping entries; an expanded or strided x would be written through aliases).
 inline void check_inplace_target(const at::Tensor& x, const char* op) {

@@ -383,6 +383,10 @@ TORCH_LIBRARY(hadamard_kernels, m) {
         "Tensor? post_signs) -> Tensor");
   m.def("hadamard_transform_kn_(Tensor(a!) x, Tensor? hk, int pow2, float scale, Tensor? pre_signs, "
         "Tensor? post_signs) -> ()");
+  // The transform (hadamard_transform_kn's y, no post signs) quantised per group, fused
+  // (csrc/quantize.cpp): (q, float32 scales).
+  m.def("hadamard_quantize(Tensor x, Tensor? hk, int pow2, float scale, Tensor? pre_signs, ScalarType dtype, "
+        "int group_size) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(hadamard_kernels, CPU, m) {

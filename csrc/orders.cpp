@@ -15,40 +15,14 @@
 #include <torch/library.h>
 
 #include <optional>
-#include <vector>
 
 #include "checks.h"
 #include "cpu/orders.h"
 #include "cpu/rows.h"
+#include "kn_args.h"
 
 namespace hadamard_kernels {
 namespace {
-
-// hk as a row-major acc_t matrix, checking that every entry is +1 or -1.
-template <typename acc_t>
-std::vector<acc_t> read_hk(const at::Tensor& hk, const char* op) {
-  const at::Tensor h = hk.contiguous();
-  const int8_t* v = h.const_data_ptr<int8_t>();
-  std::vector<acc_t> out(static_cast<size_t>(h.numel()));
-  for (int64_t i = 0; i < h.numel(); ++i) {
-    TORCH_CHECK_VALUE(v[i] == 1 || v[i] == -1, op, ": hk must have entries +1 or -1, found ",
-                      static_cast<int>(v[i]), " at (", i / h.size(1), ", ", i % h.size(1), ")");
-    out[static_cast<size_t>(i)] = static_cast<acc_t>(v[i]);
-  }
-  return out;
-}
-
-// signs converted to acc_t and multiplied by factor (empty when absent).
-template <typename acc_t>
-std::vector<acc_t> read_signs(const std::optional<at::Tensor>& signs, double factor) {
-  if (!signs.has_value()) return {};
-  const at::Tensor s = signs->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-  const acc_t* v = s.const_data_ptr<acc_t>();
-  std::vector<acc_t> out(v, v + s.numel());
-  if (factor != 1.0)
-    for (acc_t& e : out) e *= static_cast<acc_t>(factor);
-  return out;
-}
 
 // Transforms every row of rows (a (R, n) view, any strides) into out (R rows of n, contiguous;
 // out may be rows' own storage when rows is contiguous).
@@ -58,24 +32,13 @@ void kn_cpu(const at::Tensor& rows, at::Tensor& out, const std::optional<at::Ten
   const int64_t n = rows.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows.scalar_type(), "hadamard_transform_kn_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const std::vector<acc_t> h = hk.has_value() ? read_hk<acc_t>(*hk, op) : std::vector<acc_t>();
-    const std::vector<acc_t> pre = read_signs<acc_t>(pre_signs, 1.0);
-    const std::vector<acc_t> post = read_signs<acc_t>(post_signs, scale);
-    std::vector<uint32_t> offsets;  // the four-Russians product's table (csrc/cpu/orders.h)
-    if (!h.empty() && K % cpu::kKnGroup == 0) {
-      offsets.resize(static_cast<size_t>(K * (K / cpu::kKnGroup)));
-      cpu::kn_offsets(h.data(), K, offsets.data());
-    }
-    const cpu::KnRowArgs<acc_t> args{h.empty() ? nullptr : h.data(),
-                                     offsets.empty() ? nullptr : offsets.data(),
-                                     K, pow2, n,
-                                     pre.empty() ? nullptr : pre.data(), post.empty() ? nullptr : post.data(),
-                                     static_cast<acc_t>(scale)};
+    const KnSetup<acc_t> setup(hk, K, pow2, n, scale, pre_signs, post_signs, op);
+    const cpu::KnRowArgs<acc_t>& args = setup.args();
     const scalar_t* x = rows.const_data_ptr<scalar_t>();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     const int64_t rs = rows.stride(0), cs = rows.stride(1);
     at::parallel_for(0, rows.size(0), cpu::grain_rows(K * pow2), [&](int64_t begin, int64_t end) {
-      cpu::RowBuffer<acc_t> buf(cpu::kn_buffer_size<acc_t>(K, pow2, !offsets.empty()));
+      cpu::RowBuffer<acc_t> buf(setup.buffer_size());
       for (int64_t r = begin; r < end; ++r) cpu::kn_row(x + r * rs, cs, y + r * n, buf.get(), args);
     });
   });

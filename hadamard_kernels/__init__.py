@@ -12,6 +12,7 @@ import torch  # (loads libc10 / libtorch before the extension)
 from . import _C  # noqa: F401  (runs the TORCH_LIBRARY registrations)
 from . import nn, orders, reference
 from .ops import BACKENDS, MAX_FEATURES, available_backends, fwht, hadamard_classifier
+from .quantize import QUANT_DTYPES, dequantize, fwht_quantize
 from .transforms import (
     fwht_,
     hadamard_transform_12N,
@@ -37,9 +38,12 @@ if importlib.util.find_spec("triton") is not None and (
 __all__ = [
     "BACKENDS",
     "MAX_FEATURES",
+    "QUANT_DTYPES",
     "available_backends",
+    "dequantize",
     "fwht",
     "fwht_",
+    "fwht_quantize",
     "hadamard_classifier",
     "hadamard_transform_12N",
     "hadamard_transform_20N",

@@ -20,6 +20,10 @@ __all__ = [
     "hadamard_transform_kn_reference",
     "hadamard_transform_order_reference",
     "hadamard_classifier_reference",
+    "QUANT_MAX",
+    "quantize_reference",
+    "fwht_quantize_reference",
+    "dequantize_reference",
 ]
 
 
@@ -163,3 +167,59 @@ def hadamard_classifier_reference(
     if bias is not None:
         y = y + bias
     return y.to(x.dtype)
+
+
+# The largest code magnitude of each quantised format (symmetric: int8 uses -127 .. 127).
+QUANT_MAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
+
+
+def quantize_reference(y: torch.Tensor, dtype: torch.dtype, group_size: int | None,
+                       acc: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric absmax quantisation of y per group of ``group_size`` consecutive values of the
+    last dim (None: the whole row), computed in ``acc`` (the kernels' accumulator: float64
+    for float64 x, float32 otherwise), as ``csrc/cpu/quantize.h`` does:
+
+        amax = max |y| over the group (NaN if the group has a NaN)
+        s = float32(amax / qmax), q = encode(clamp(y / s, -qmax, qmax)), q = 0 where s == 0
+
+    qmax = ``QUANT_MAX[dtype]``; encode rounds half to even and maps NaN to 0 for int8, and is
+    torch's cast (via float32) for the float8 formats. Returns (q of y's shape and ``dtype``,
+    float32 scales of shape y.shape[:-1] + (n / group_size,))."""
+    n = y.shape[-1]
+    g = n if group_size is None else group_size
+    v = y.to(acc).reshape(*y.shape[:-1], n // g, g)
+    qmax = QUANT_MAX[dtype]
+    amax = v.abs().amax(dim=-1, keepdim=True)  # propagates NaN
+    s = (amax / qmax).to(torch.float32)
+    r = torch.where(s == 0, torch.zeros((), dtype=acc, device=y.device), v / s.to(acc))
+    r = r.clamp(-qmax, qmax)  # keeps NaN
+    if dtype == torch.int8:
+        q = torch.nan_to_num(r.round(), nan=0.0).to(torch.int8)
+    else:
+        q = r.to(torch.float32).to(dtype)
+    return q.reshape(y.shape), s.squeeze(-1)
+
+
+def fwht_quantize_reference(
+    x: torch.Tensor,
+    scale: float = 1.0,
+    *,
+    dtype: torch.dtype = torch.int8,
+    group_size: int | None = None,
+    signs: torch.Tensor | None = None,
+    K: int | None = None,
+    family: str = "rotation",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused rotate-and-quantise op's ground truth: ``hadamard_transform_order_reference``
+    of x in float64, then ``quantize_reference`` in the kernels' accumulator type."""
+    y = hadamard_transform_order_reference(x.double(), scale, K=K, family=family, signs=signs)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return quantize_reference(y, dtype, group_size, acc)
+
+
+def dequantize_reference(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """q * s per group, in float32: the inverse of ``quantize_reference`` up to rounding."""
+    n, groups = q.shape[-1], scales.shape[-1]
+    v = q.to(torch.float32).reshape(*q.shape[:-1], groups, n // groups)
+    return (v * scales.unsqueeze(-1)).reshape(q.shape)
+

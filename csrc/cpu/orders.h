@@ -146,12 +146,14 @@ inline void kn_gather(const typename Vec<T>::type* __restrict combos, const uint
 
 // buf: kVecBytes-aligned scratch of kn_buffer_size<T>(K, p, offsets != null) values. x: the
 // row, entries x[i * xs];
-// out: n contiguous outputs (may equal x when xs == 1: the row is read in full first).
-template <typename scalar_t, typename T>
-inline void kn_row(const scalar_t* x, int64_t xs, scalar_t* out, T* __restrict buf, const KnRowArgs<T>& args) {
+// out: n contiguous outputs of type out_t (x's type unless asked; may equal x when xs == 1:
+// the row is read in full first).
+template <typename scalar_t, typename T, typename out_t = scalar_t>
+inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf, const KnRowArgs<T>& args) {
   const int64_t n = args.n;
   const int64_t p = args.p;
-  if constexpr (std::is_same_v<scalar_t, T>) {
+  constexpr bool kSameTypes = std::is_same_v<scalar_t, T> && std::is_same_v<out_t, T>;
+  if constexpr (kSameTypes) {
     // The plain power-of-two transform of a whole contiguous row (fwht_, the common case):
     // straight from x to out, as the out-of-place transform does, without the scratch copy.
     // fwht_row's later sweeps address out as vectors, so out must be vector-aligned.
@@ -194,14 +196,14 @@ inline void kn_row(const scalar_t* x, int64_t xs, scalar_t* out, T* __restrict b
     if (len > 0) fwht_row(c, c, p, unit);
   }
   auto store = [&](int64_t base, const T* v, int64_t len) {
-    scalar_t* o = out + base;
+    out_t* o = out + base;
     if (args.post != nullptr) {
       const T* f = args.post + base;
-      for (int64_t j = 0; j < len; ++j) o[j] = static_cast<scalar_t>(v[j] * f[j]);
+      for (int64_t j = 0; j < len; ++j) o[j] = static_cast<out_t>(v[j] * f[j]);
     } else if (args.h != nullptr) {
-      for (int64_t j = 0; j < len; ++j) o[j] = static_cast<scalar_t>(v[j] * args.scale);
+      for (int64_t j = 0; j < len; ++j) o[j] = static_cast<out_t>(v[j] * args.scale);
     } else {
-      for (int64_t j = 0; j < len; ++j) o[j] = static_cast<scalar_t>(v[j]);  // scale applied above
+      for (int64_t j = 0; j < len; ++j) o[j] = static_cast<out_t>(v[j]);  // scale applied above
     }
   };
   if (args.h == nullptr) {  // K = 1: the chunk is the row
@@ -216,7 +218,7 @@ inline void kn_row(const scalar_t* x, int64_t xs, scalar_t* out, T* __restrict b
     auto put = [&](int64_t a, int64_t b, V v) {
       const int64_t base = a * p + b;
       if (base >= n) return;
-      if constexpr (std::is_same_v<scalar_t, T>) {
+      if constexpr (std::is_same_v<out_t, T>) {
         if (base + W <= n) {  // a whole vector: scaled and stored as one
           v *= args.post != nullptr ? Vec<T>::load(args.post + base) : args.scale + V{};
           Vec<T>::store(out + base, v);
@@ -227,7 +229,7 @@ inline void kn_row(const scalar_t* x, int64_t xs, scalar_t* out, T* __restrict b
       __builtin_memcpy(vals, &v, sizeof(V));
       for (int64_t j = 0; j < W && base + j < n; ++j) {
         const T f = args.post != nullptr ? args.post[base + j] : args.scale;
-        out[base + j] = static_cast<scalar_t>(vals[j] * f);
+        out[base + j] = static_cast<out_t>(vals[j] * f);
       }
     };
     const int64_t per_row = args.K / kKnGroup;
