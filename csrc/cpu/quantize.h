@@ -11,12 +11,14 @@
 // and keep NaN. An infinite value makes s = inf, so its own y / s is NaN (inf / inf) and the
 // group's finite values encode to 0.
 //
-// Pure C++ apart from the code type: Encode is a functor T -> code_t given by the caller.
+// Pure C++ (no torch): Encode is a functor T -> code_t given by the caller.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+
+#include "cpu/butterfly.h"
 
 namespace hadamard_kernels {
 namespace cpu {
@@ -24,11 +26,27 @@ namespace cpu {
 // y: n values; q: n codes; scales: n / g float32 scales. g divides n.
 template <typename T, typename code_t, typename Encode>
 inline void quantize_groups(const T* y, int64_t n, int64_t g, T qmax, Encode encode, code_t* q, float* scales) {
+  constexpr int64_t W = Vec<T>::kLanes;
   for (int64_t start = 0; start < n; start += g) {
     const T* v = y + start;
     T amax = 0;
     bool nan = false;
-    for (int64_t i = 0; i < g; ++i) {
+    int64_t i = 0;
+    if (g >= W) {  // W lanes of partial maxima (GCC does not vectorise a float max reduction)
+      using V = typename Vec<T>::type;
+      V m{}, bad{};
+      for (; i + W <= g; i += W) {
+        const V a = Vec<T>::load(v + i);
+        const V abs_a = a < V{} ? -a : a;
+        m = abs_a > m ? abs_a : m;
+        bad = a != a ? V{} + T(1) : bad;
+      }
+      for (int64_t j = 0; j < W; ++j) {
+        amax = std::max(amax, m[j]);
+        nan |= bad[j] != T(0);
+      }
+    }
+    for (; i < g; ++i) {
       amax = std::max(amax, std::abs(v[i]));
       nan |= v[i] != v[i];
     }
