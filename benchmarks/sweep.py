@@ -11,7 +11,9 @@ numpy ``x @ scipy.linalg.hadamard(n)`` on CPU, and the peers that are installed
 (CPU: fht_cpu, ffht, each timed in a child process; CUDA: fast_hadamard_transform), all in
 one run. Order rows: ``hadamard_transform_order`` (and in place) for n = K * 2^k against the
 fwht of the next smaller power of two over as many values, time per value (issue 11), with
-fast-hadamard-transform's ``hadamard_transform_{12,20,28,40}N`` on CUDA. Classifier rows: the fused ``hadamard_classifier`` against a learned ``nn.Linear``
+fast-hadamard-transform's ``hadamard_transform_{12,20,28,40}N`` on CUDA. Quantise rows: the
+fused ``fwht_quantize`` against ``fwht`` followed by the same quantisation in torch ops (issue
+12). Classifier rows: the fused ``hadamard_classifier`` against a learned ``nn.Linear``
 head and against ``alpha * F.linear(F.normalize(x), W) + b``, forward and forward+backward.
 
 How (benchmarks/timing.py): the candidates of a case take turns in many short rounds; a
@@ -114,6 +116,30 @@ class OrderRow:
     spread: float  # of those samples: (q75 - q25) / (2 * median)
     vs_pow2: float  # time per value / the next smaller power-of-two fwht's: median of per-round ratios
     vs_pow2_spread: float  # of those ratios
+    busy: float | None  # cores' worth of CPU other processes took meanwhile (timing.MachineBusy)
+
+
+@dataclass(frozen=True)
+class QuantCase:
+    dtype: str  # of x
+    n: int
+    rows: int
+    code: str  # "int8", "float8_e4m3fn"
+    group_size: int | None
+
+
+@dataclass(frozen=True)
+class QuantRow:
+    impl: str
+    dtype: str
+    n: int
+    rows: int
+    code: str
+    group_size: int | None
+    ms: float  # the statistic (--stat) of the per-round samples, per call
+    spread: float  # of those samples: (q75 - q25) / (2 * median)
+    vs_clone: float  # time / x.clone() time: median of the per-round ratios
+    vs_clone_spread: float  # of those ratios
     busy: float | None  # cores' worth of CPU other processes took meanwhile (timing.MachineBusy)
 
 
@@ -301,6 +327,31 @@ def run_order_case(case: OrderCase, device: torch.device, stat: str) -> list[Ord
     ]
 
 
+# Fused rotate-and-quantise (issue 12): fwht_quantize against fwht followed by the same
+# quantisation in torch ops (reference.quantize_reference), 2^20 values of x (2^24 on CUDA).
+def quant_cases(device: torch.device, quick: bool) -> list[QuantCase]:
+    dtype = "float16" if device.type == "cuda" else "float32"
+    ns = [2**10] if quick else [2**7, 2**10, 2**14]
+    values = 2**24 if device.type == "cuda" else 2**20
+    return [QuantCase(dtype, n, values // n, code, g) for n in ns
+            for code, g in (("int8", 32), ("float8_e4m3fn", None))]  # fmt: skip
+
+
+def run_quant_case(case: QuantCase, device: torch.device, stat: str) -> list[QuantRow]:
+    from hadamard_kernels.reference import quantize_reference
+
+    x = torch.randn(case.rows, case.n, device=device, dtype=DTYPES[case.dtype])
+    code = getattr(torch, case.code)
+    fns: dict[str, Callable[[], object]] = {
+        "x.clone()": lambda: x.clone(),
+        "fwht_quantize (fused)": lambda: hk.fwht_quantize(x, dtype=code, group_size=case.group_size),
+        "fwht, then quantise in torch ops": lambda: quantize_reference(hk.fwht(x), code, case.group_size),
+    }
+    times = _measure(fns, device, "x.clone()", stat)
+    return [QuantRow(name, case.dtype, case.n, case.rows, case.code, case.group_size, t.ms, t.spread, t.ratio,
+                     t.ratio_spread, t.busy) for name, t in times.items()]  # fmt: skip
+
+
 def classifier_cases(device: torch.device, quick: bool) -> list[ClassifierCase]:
     shapes = [(512, 10), (2048, 1000), (2048, 18000), (4096, 32000)]
     if device.type == "cuda":
@@ -354,10 +405,10 @@ def _fmt(ms: float) -> str:
     return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
 
 
-def is_noisy(row: FwhtRow | ClassifierRow | OrderRow, threads: int | None) -> bool:
+def is_noisy(row: FwhtRow | ClassifierRow | OrderRow | QuantRow, threads: int | None) -> bool:
     """Whether a cell's spread (its ratio's; the baseline's own time's) exceeds NOISY, or
     other processes took CPU that the candidates' ``threads`` needed (None: not asked, on GPU)."""
-    if isinstance(row, FwhtRow):
+    if isinstance(row, (FwhtRow, QuantRow)):
         spread = row.spread if row.impl == "x.clone()" else row.vs_clone_spread
     elif isinstance(row, OrderRow):
         spread = row.spread if row.impl.startswith("fwht, n = ") else row.vs_pow2_spread
@@ -378,7 +429,7 @@ FOOTNOTE = (
 )
 
 
-def _cell(row: FwhtRow | ClassifierRow | OrderRow | None, baseline: bool, ratio: str | None, threads: int | None) -> str:
+def _cell(row: FwhtRow | ClassifierRow | OrderRow | QuantRow | None, baseline: bool, ratio: str | None, threads: int | None) -> str:
     """One table cell: empty without a row; the baseline's time with its spread; any other
     candidate's time with ``ratio`` (its ratio to the baseline, spread included); † if noisy."""
     if row is None:
@@ -441,6 +492,27 @@ def order_markdown(rows: list[OrderRow], threads: int | None) -> str:
             r = by.get((impl, dtype, n, nrows))
             cells.append(_cell(r, False, r and f"{r.vs_pow2:.2f}x ±{r.vs_pow2_spread:.0%}", threads))
         lines.append(f"| {dtype} | {K} * {n // K} = {n} | {nrows} | " + " | ".join(cells) + f" | {_busy(base.busy)} |")
+    return "\n".join(lines)
+
+
+def quant_markdown(rows: list[QuantRow], threads: int | None) -> str:
+    impls = list(dict.fromkeys(r.impl for r in rows))
+    keys = list(dict.fromkeys((r.dtype, r.n, r.rows, r.code, r.group_size) for r in rows))
+    by = {(r.impl, r.dtype, r.n, r.rows, r.code, r.group_size): r for r in rows}
+    lines = [
+        "| x dtype | n | rows | codes | group | " + " | ".join(impls) + " | fused / unfused | busy |",
+        "|---|---:|---:|---|---:|" + "---:|" * len(impls) + "---:|---:|",
+    ]
+    for key in keys:
+        cells = []
+        for impl in impls:
+            r = by.get((impl, *key))
+            cells.append(_cell(r, impl == "x.clone()", r and f"{r.vs_clone:.2f}x ±{r.vs_clone_spread:.0%}", threads))
+        fused = by[("fwht_quantize (fused)", *key)]
+        unfused = by[("fwht, then quantise in torch ops", *key)]
+        dtype, n, nrows, code, g = key
+        lines.append(f"| {dtype} | 2^{n.bit_length() - 1} | {nrows} | {code} | {g or 'row'} | " + " | ".join(cells)
+                     + f" | {fused.vs_clone / unfused.vs_clone:.2f} | {_busy(by[('x.clone()', *key)].busy)} |")
     return "\n".join(lines)
 
 
@@ -510,6 +582,9 @@ def main(argv: list[str] | None = None) -> None:
     order_rows: list[OrderRow] = []
     for case in tqdm(order_cases(device, args.quick), desc="orders", leave=False):
         order_rows += run_order_case(case, device, args.stat)
+    quant_rows: list[QuantRow] = []
+    for case in tqdm(quant_cases(device, args.quick), desc="quantize", leave=False):
+        quant_rows += run_quant_case(case, device, args.stat)
     clf_rows: list[ClassifierRow] = []
     for case in tqdm(classifier_cases(device, args.quick), desc="classifier", leave=False):
         clf_rows += run_classifier_case(case, device, args.stat)
@@ -520,12 +595,14 @@ def main(argv: list[str] | None = None) -> None:
     env["timing"] = f"{args.stat} of interleaved rounds, ratios paired per round (benchmarks/timing.py)"
     header = ", ".join(f"{k} {v}" for k, v in env.items())
     threads = torch.get_num_threads() if device.type == "cpu" else None
-    noisy = sum(is_noisy(r, threads) for r in [*fwht_rows, *order_rows, *clf_rows])
+    noisy = sum(is_noisy(r, threads) for r in [*fwht_rows, *order_rows, *quant_rows, *clf_rows])
     md = (
         f"# hadamard_kernels benchmark: {env['device']}\n\n{header}\n\n"
         f"## fwht: {args.stat} ms (time / x.clone() time)\n\n" + fwht_markdown(fwht_rows, threads) + "\n\n"
         f"## Orders K * 2^k: {args.stat} ms (time per value / the power-of-two fwht's)\n\n"
         + order_markdown(order_rows, threads) + "\n\n"
+        f"## Fused rotate-and-quantise: {args.stat} ms (time / x.clone() time)\n\n"
+        + quant_markdown(quant_rows, threads) + "\n\n"
         f"## Fixed classifier: {args.stat} ms (speedup over the nn.Linear head)\n\n"
         + classifier_markdown(clf_rows, threads) + "\n\n"
         + FOOTNOTE.format(noisy=NOISY) + "\n"
@@ -536,6 +613,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dump({"environment": env,
                    "fwht": [dataclasses.asdict(r) for r in fwht_rows],
                    "orders": [dataclasses.asdict(r) for r in order_rows],
+                   "quantize": [dataclasses.asdict(r) for r in quant_rows],
                    "classifier": [dataclasses.asdict(r) for r in clf_rows]}, f, indent=1)
     plot(fwht_rows, clf_rows, header, stem + ".png")
     print(md)
