@@ -207,3 +207,17 @@ def test_ddp_two_processes_match_one_process():
     assert orthogonal.grad_bytes_per_step == hadamard.grad_bytes_per_step
     assert orthogonal.buffer_bytes_per_step == 4 * 10 * 128  # the fixed Q, re-sent every step
     assert hadamard.buffer_bytes_per_step == orthogonal_unsynced.buffer_bytes_per_step == 0
+
+
+def test_rotated_quantization_example():
+    # Issue 12's example: the rotation must cut int8's error when outliers dominate, and cost
+    # nothing without them; the committed results must be the script's own files.
+    import rotated_quantization
+
+    rows = {(r["outlier"], r["codes"]): r for r in rotated_quantization.main(["--quick"])}
+    assert rows[(100, "int8")]["rotated"] < rows[(100, "int8")]["plain"] / 2
+    assert abs(rows[(1, "int8")]["rotated"] / rows[(1, "int8")]["plain"] - 1) < 0.1
+    committed = json.loads((REPO / "examples/results/rotated_quantization.json").read_text())
+    assert {r["codes"] for r in committed["rows"]} == {"int8", "float8_e4m3fn"}
+    assert (REPO / "examples/results/rotated_quantization.png").stat().st_size > 0
+
