@@ -416,8 +416,8 @@ def _classifier_backward_kernel(
 # hold entries of the row (used = ceil(n / pow2); the rest are zero padding): it loads chunk a'
 # of ROWS rows once, transforms it by fwht_block and adds it, times column a' of H_K, into a
 # [KB, ROWS, P] accumulator of every output chunk; then scales and stores the used chunks. So
-# x is read once and y written once, and the K-point product is exact multiply-adds by +-1 in
-# ACC, summed in the order a' = 0, 1, ... (as a dot product would round them).
+# x is read once and y written once; the K-point product multiplies by +-1 (exact) and adds in
+# ACC in the order a' = 0, 1, ..., rounding as a dot product in ACC would.
 #
 # Rejected: one tl.dot(H_K, chunks) (input_precision="ieee") after transforming all chunks.
 # Compiled for sm_90 (Triton 3.9), Triton stages both operands in shared memory: 36 KB at
@@ -491,6 +491,7 @@ def _transform_kn_kernel(
         if HAS_POST:
             y = y * tl.load(post_ptr + c * post_stride, mask=c_ok, other=0.0).to(ACC)[None, :]
         tl.store(out_ptr + r[:, None] * out_row_stride + c[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
 
 # ---------------------------------------------------------------------------------------
 # Launch configuration.
@@ -583,6 +584,7 @@ def _check_kn_size(n: int, K: int, pow2: int, op: str) -> None:
             f"Triton kernels transform in one pass; use backend='cuda' or backend='cpu'"
         ),
     )
+
 
 def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
