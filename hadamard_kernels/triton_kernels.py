@@ -558,7 +558,8 @@ def kn_config(n: int, K: int, pow2: int) -> tuple[int, int, int, int]:
     min(32, 4 * t // 1024); t <= 2^15 (``_check_kn_size``). E.g. n = 20 * 256 (K = 20): a
     32 x 256 block, one row in 32 warps; n = 12 * 16: 16 x 16, four rows in 4 warps;
     n = 172 * 64 (11008): 256 x 64, one row in 32 warps. Compiled for sm_90 with Triton 3.9
-    (scripts/triton_resources.py) this spills only at t = 2^15 (ALLOW_LIST there).
+    (scripts/triton_resources.py) this spills at t = 2^15, and 8-72 bytes for some shapes at
+    t = 2^14 (all in float64 with P >= 128; 32 x 512 in 32-bit types); ALLOW_LIST there.
     """
     kb, p = _kn_block(n, K, pow2)
     t = kb * p
