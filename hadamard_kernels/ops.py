@@ -104,7 +104,8 @@ def available_backends(device: torch.device | str | None = None) -> tuple[str, .
 
     ``device`` defaults to "cuda" when a GPU is visible, else "cpu". These are the backends of
     ``fwht`` and ``hadamard_classifier``; the K * 2^k transforms of ``transforms.py`` and
-    ``fwht_`` have only "cpu" and "reference" so far.
+    ``fwht_`` take the same, less "cpu" / "cuda" where the extension has no kernel of their ops
+    for that device.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

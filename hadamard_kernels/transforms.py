@@ -17,12 +17,21 @@ and H_{2^k} the Sylvester matrix (docs/orders.md derives this from the peers' so
 * ``hadamard_transform_order_`` and ``fwht_``: the same and ``fwht``, written into a contiguous x.
 * ``random_signs(n, seed=...)``: the seeded +-1 vector of a randomised transform.
 
-All of them call the C++ custom ops ``hadamard_kernels::hadamard_transform_kn`` and
-``hadamard_transform_kn_`` (csrc/orders.cpp; fake kernels below, autograd in
-csrc/autograd.cpp) with H_K passed as an int8 tensor, so orders.py stays the only source of the
-matrices. Backends: "cpu" (the C++ kernel) and "reference" (``reference.py``); the CUDA and
-Triton kernels of these transforms are not written yet, so "auto" takes "cpu" for CPU tensors
-and the reference elsewhere, and ``backend="cuda"`` or ``"triton"`` raises.
+All of them call one of two pairs of custom ops with H_K passed as an int8 tensor, so
+orders.py stays the only source of the matrices:
+
+* "cpu" and "cuda": the C++ ops ``hadamard_kernels::hadamard_transform_kn`` and
+  ``hadamard_transform_kn_`` (CPU kernels in csrc/orders.cpp, CUDA kernels where the extension
+  registers them for the CUDA key; fake kernels below, autograd in csrc/autograd.cpp);
+* "triton": ``hadamard_transform_kn_triton`` and ``hadamard_transform_kn_triton_``
+  (triton_kernels.py; on CUDA GPUs, or on the CPU under TRITON_INTERPRET=1), which hold a row
+  of at most 2^15 values in registers (ValueError beyond, naming the other backends);
+* "reference": ``reference.py`` (any device).
+
+``backend="auto"`` takes the first of these available for x's device, in the order of
+``ops.available_backends`` (CPU tensors: "cpu", then "triton", then "reference"; CUDA
+tensors: "cuda", then "triton", then "reference"); naming a backend that is not available
+there raises a RuntimeError that lists those that are.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from .ops import (
     _check_scale,
     _check_size,
     _is_compiling,
+    available_backends,
 )
 from .orders import FAMILIES, FHT_ORDERS, ORDERS, fht_padded_size, hadamard_k, split_order
 
@@ -81,20 +91,55 @@ def _hk(family: str, K: int, transpose: bool, device: torch.device) -> torch.Ten
     return h
 
 
+def _backends(device: torch.device) -> tuple[str, ...]:
+    """The backends of the K * 2^k transforms on ``device``, fastest first: those of
+    ``available_backends`` (fwht's), less "cpu" / "cuda" where the C++ extension has no K * 2^k
+    kernel for that dispatch key. The Triton backend has the kn ops wherever it is available."""
+    return tuple(b for b in available_backends(device) if b not in ("cpu", "cuda") or b.upper() in _KN_DEVICES)
+
+
 def _resolve(backend: str, x: torch.Tensor, op: str) -> str:
     if backend not in BACKENDS and backend != "auto":
         raise ValueError(f"{op}: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-    cpu_ok = x.device.type == "cpu" and "CPU" in _KN_DEVICES
+    usable = _backends(x.device)
     if backend == "auto":
-        return "cpu" if cpu_ok else "reference"
-    if backend in ("cuda", "triton"):
+        return usable[0]
+    if backend not in usable:
         raise RuntimeError(
-            f"{op}: backend {backend!r} has no kernel for the K * 2^k transforms yet; "
-            f"use 'cpu' (CPU tensors) or 'reference' (any device)"
+            f"{op}: backend {backend!r} is not available for the K * 2^k transforms of a tensor on "
+            f"{x.device}; available there: {usable}"
         )
-    if backend == "cpu" and not cpu_ok:
-        raise RuntimeError(f"{op}: backend 'cpu' is not available for a tensor on {x.device}")
     return backend
+
+
+def _hk_for(name: str, family: str, K: int, transpose: bool, device: torch.device) -> torch.Tensor | None:
+    """H_K (H_K^T when transpose) as the op of backend ``name`` reads it best: contiguous for
+    the C++ ops, column-major (a transposed view of the cached transpose) for the Triton kernel,
+    which reads one column of H_K per chunk (triton_kernels._launch_kn)."""
+    if name != "triton" or K == 1:
+        return _hk(family, K, transpose, device)
+    return _hk(family, K, not transpose, device).mT
+
+
+def _kn_out_of_place(name: str):
+    """The out-of-place op of a resolved backend other than "reference"."""
+    if name == "triton":
+        return torch.ops.hadamard_kernels.hadamard_transform_kn_triton.default
+    return torch.ops.hadamard_kernels.hadamard_transform_kn.default
+
+
+def _kn_in_place(name: str, x: torch.Tensor, hk, pow2: int, scale: float, pre, post) -> None:
+    """x = the transform of x, with torch's autograd rules for in-place ops. The C++ op
+    carries them itself (csrc/autograd.cpp). The Triton in-place op has no autograd formula:
+    where a graph is recorded through x, the out-of-place op and ``x.copy_`` give the same
+    values, and copy_ refuses a leaf that requires grad, rebases a non-leaf's (or its base's)
+    history onto the transform and bumps x's version."""
+    if name != "triton":
+        torch.ops.hadamard_kernels.hadamard_transform_kn_.default(x, hk, pow2, scale, pre, post)
+    elif torch.is_grad_enabled() and x.requires_grad:
+        x.copy_(torch.ops.hadamard_kernels.hadamard_transform_kn_triton.default(x, hk, pow2, scale, pre, post))
+    else:
+        torch.ops.hadamard_kernels.hadamard_transform_kn_triton_.default(x, hk, pow2, scale, pre, post)
 
 
 def _check_pow2(p: int, n: int, K: int, op: str) -> None:
@@ -190,7 +235,10 @@ def hadamard_transform_order(
             the same pass; a constant (it gets no gradient).
         transpose: apply the transposed matrix (the adjoint). H_K is not symmetric for most K
             (``orders.SYMMETRIC``), so this differs from the forward.
-        backend: "auto", "cpu" or "reference" (see the module docstring).
+        backend: "auto", "cpu", "cuda", "triton" or "reference", as available for x's device
+            (see the module docstring). "triton" holds a row in registers: with KB =
+            max(16, next_pow2(K)), it needs KB * max(16, 2^k) <= 2^15 (e.g. n <= 20480 for
+            K = 20, 11008 = 172 * 64 fits), and raises a ValueError beyond.
 
     Returns a contiguous tensor of x's shape and dtype. Differentiable to every order: the
     gradient is the transposed transform of the incoming gradient.
@@ -211,9 +259,7 @@ def hadamard_transform_order(
             x, scale, K=K, family=family, signs=signs, transpose=transpose
         )
     pre, post = (None, signs) if transpose else (signs, None)
-    return torch.ops.hadamard_kernels.hadamard_transform_kn.default(
-        x, _hk(family, K, transpose, x.device), p, scale, pre, post
-    )
+    return _kn_out_of_place(name)(x, _hk_for(name, family, K, transpose, x.device), p, scale, pre, post)
 
 
 def hadamard_transform_order_(
@@ -231,7 +277,9 @@ def hadamard_transform_order_(
     x must be contiguous (a view with overlapping or strided entries raises ValueError). Under
     autograd it behaves as torch's in-place ops: a leaf that requires grad is refused, a
     non-leaf's history is rebased onto the transform, and tensors saved from x before the call
-    raise at backward (x's version counter is bumped).
+    raise at backward (x's version counter is bumped). With backend "triton", when autograd
+    records through x the result is computed out of place and copied into x (same values,
+    one extra buffer); otherwise every backend transforms x where it lies.
     """
     op = "hadamard_transform_order_"
     scale, K, p, signs = _order_args(x, scale, K, family, signs, op)
@@ -242,9 +290,7 @@ def hadamard_transform_order_(
             reference.hadamard_transform_order_reference(x, scale, K=K, family=family, signs=signs, transpose=transpose)
         )
     pre, post = (None, signs) if transpose else (signs, None)
-    torch.ops.hadamard_kernels.hadamard_transform_kn_.default(
-        x, _hk(family, K, transpose, x.device), p, scale, pre, post
-    )
+    _kn_in_place(name, x, _hk_for(name, family, K, transpose, x.device), p, scale, pre, post)
     return x
 
 
@@ -256,7 +302,8 @@ def fwht_(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torc
     ``fwht``). x: contiguous (ValueError otherwise), float32 / float64 / float16 / bfloat16,
     n up to 2^20. For n = K * 2^k by H_K kron H_{2^k} in place, use
     ``hadamard_transform_order_``. Autograd as torch's in-place ops (see
-    ``hadamard_transform_order_``).
+    ``hadamard_transform_order_``). ``backend``: "auto", "cpu", "cuda", "triton" (n <= 2^15) or
+    "reference", as available for x's device (see the module docstring).
     """
     if (type(scale) is float or type(scale) is int) and not _is_compiling():
         # ops.fwht's fast path: the op resolved by an earlier call, whose C++ checks are
@@ -279,10 +326,9 @@ def fwht_(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torc
     name = _resolve(backend, x, op)
     if name == "reference":
         return x.copy_(reference.fwht_reference(x, scale))
-    kernel = torch.ops.hadamard_kernels.hadamard_transform_kn_.default
-    kernel(x, None, m, scale, None, None)
-    if name in ("cpu", "cuda"):
-        _FAST_OPS[("fwht_", backend, x.device)] = kernel._op
+    _kn_in_place(name, x, None, m, scale, None, None)
+    if name in ("cpu", "cuda"):  # the C++ op, whose checks are complete: fwht_'s fast path
+        _FAST_OPS[("fwht_", backend, x.device)] = torch.ops.hadamard_kernels.hadamard_transform_kn_.default._op
     return x
 
 
@@ -296,8 +342,7 @@ def _peer_transform(K: int, x: torch.Tensor, scale: float, backend: str) -> torc
     name = _resolve(backend, x, op)
     if name == "reference":
         return reference.hadamard_transform_kn_reference(x, K, scale)
-    h = _hk("fht", K, False, x.device)
-    return torch.ops.hadamard_kernels.hadamard_transform_kn.default(x, h, p, scale, None, None)
+    return _kn_out_of_place(name)(x, _hk_for(name, "fht", K, False, x.device), p, scale, None, None)
 
 
 _PEER_DOC = """fast-hadamard-transform's ``hadamard_transform_{K}N(x, scale)``: same call, padding and results.
@@ -311,7 +356,9 @@ _PEER_DOC = """fast-hadamard-transform's ``hadamard_transform_{K}N(x, scale)``: 
     x: shape (..., n), float32 / float64 / float16 / bfloat16, any strides, n <= {K} * 2^20 (the
     peer stops at {K} * 1024); the result is contiguous, x's shape and dtype. Differentiable:
     the gradient is ``scale * [(H_{K}^T kron H_{{2^k}}) @ pad(g, M)][..., :n]``. {backward}
-    ``backend``: "auto", "cpu" or "reference".
+    ``backend``: "auto", "cpu", "cuda", "triton" or "reference", as available for x's device
+    (see the module docstring; "triton" holds a row as max(16, next_pow2(ceil(n / 2^k))) x
+    max(16, 2^k) values, at most 2^15: every n <= {limit} fits).
     """
 
 
@@ -343,7 +390,8 @@ for _fn, _K, _matrix, _grad in (
     (hadamard_transform_40N, 40, "Sloane's had.40.tpal", _OTHER_GRAD),
 ):
     _fn.__doc__ = _PEER_DOC.format(
-        K=_K, matrix=_matrix, double=2 * _K, quad=4 * _K, backward=_grad.format(K=_K)
+        K=_K, matrix=_matrix, double=2 * _K, quad=4 * _K, backward=_grad.format(K=_K),
+        limit=_K * 2**15 // max(16, reference.next_pow2(_K)),
     )
 
 

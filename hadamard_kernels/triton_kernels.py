@@ -409,6 +409,90 @@ def _classifier_backward_kernel(
     tl.store(partial_ptr + pid, tl.sum(d_alpha, axis=0))
 
 
+# The transform of order K * 2^k (transforms.py): y = scale * post . [(H_K (x) H_pow2) @
+# pad(pre . x, K pow2)][:n] per row. A row is K chunks of pow2 entries (chunk a: entries
+# a * pow2 + b), H_K acts on the chunk index a (docs/orders.md), so output chunk a is
+# sum_a' H_K[a, a'] * H_pow2 (pre . chunk a'). The kernel loops over the input chunks a' that
+# hold entries of the row (used = ceil(n / pow2); the rest are zero padding): it loads chunk a'
+# of ROWS rows once, transforms it by fwht_block and adds it, times column a' of H_K, into a
+# [KB, ROWS, P] accumulator of every output chunk; then scales and stores the used chunks. So
+# x is read once and y written once; the K-point product multiplies by +-1 (exact) and adds in
+# ACC in the order a' = 0, 1, ..., rounding as a dot product in ACC would.
+#
+# Rejected: one tl.dot(H_K, chunks) (input_precision="ieee") after transforming all chunks.
+# Compiled for sm_90 (Triton 3.9), Triton stages both operands in shared memory: 36 KB at
+# K = 20, pow2 = 256, and 320 KB plus 18 KB of spills at K = 172, pow2 = 64 (11008 features),
+# which cannot launch; the loop keeps only the accumulator and one chunk in registers.
+
+
+@triton.jit
+def _transform_kn_kernel(
+    x_ptr,  # *T: input rows (rows, n), any strides
+    out_ptr,  # *T: output rows (rows, n), entries contiguous; may be x_ptr (in place)
+    hk_ptr,  # *int8: H_K (K, K), or any pointer when HAS_HK is false
+    pre_ptr,  # *float: n factors applied before the transform, or any pointer (not HAS_PRE)
+    post_ptr,  # *float: n factors applied after it, or any pointer (not HAS_POST)
+    scale_hi,  # fp32: scale = scale_hi + scale_lo (the low part matters for fp64 only)
+    scale_lo,  # fp32: low part of scale
+    rows,  # number of rows
+    n,  # entries read and written per row, n <= K * pow2
+    pow2,  # chunk length, a power of two <= P
+    x_row_stride,  # elements between consecutive input rows
+    x_col_stride,  # elements between consecutive entries of an input row
+    out_row_stride,  # elements between consecutive output rows
+    hk_row_stride,  # elements between rows of H_K (H_K^T is passed as a transposed view)
+    hk_col_stride,  # elements between columns of H_K
+    pre_stride,  # elements between consecutive pre factors
+    post_stride,  # elements between consecutive post factors
+    HAS_HK: tl.constexpr,  # K > 1 (else the chunk is the row: the power-of-two transform)
+    HAS_PRE: tl.constexpr,  # multiply by the pre factors
+    HAS_POST: tl.constexpr,  # multiply by the post factors
+    ACC: tl.constexpr,  # accumulator dtype: tl.float32, or tl.float64 for fp64 input
+    ROWS: tl.constexpr,  # rows per program (power of two)
+    KB: tl.constexpr,  # output chunks per row held: next_pow2(used) with HAS_HK, else 1
+    P: tl.constexpr,  # chunk width in registers: max(16, pow2); columns >= pow2 are zero
+):
+    r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_ok = (r < rows)[:, None]
+    b = tl.arange(0, P)
+    # H_{2P}[:P, :P] = H_P: a chunk zero-padded from pow2 to P columns transforms exactly on
+    # its first pow2.
+    b_ok = b < pow2
+    x_rows = x_ptr + r[:, None] * x_row_stride
+    if HAS_HK:
+        a = tl.arange(0, KB)
+        used = tl.cdiv(n, pow2)
+        acc = tl.zeros((KB, ROWS, P), ACC)
+        for a2 in range(0, used):
+            c = (a2 * pow2 + b).to(tl.int64)
+            c_ok = b_ok & (c < n)
+            chunk = tl.load(x_rows + c[None, :] * x_col_stride, mask=row_ok & c_ok[None, :], other=0.0).to(ACC)
+            if HAS_PRE:
+                chunk = chunk * tl.load(pre_ptr + c * pre_stride, mask=c_ok, other=0.0).to(ACC)[None, :]
+            h = tl.load(hk_ptr + a * hk_row_stride + a2 * hk_col_stride, mask=a < used, other=0).to(ACC)
+            acc += h[:, None, None] * fwht_block(chunk)[None, :, :]
+        # Entries of a row in int32 (n <= 256 * 2^20 < 2^31), rows' starts in int64.
+        col = (a[:, None] * pow2 + b[None, :])[:, None, :]  # [KB, 1, P]
+        col_ok = (col < n) & b_ok[None, None, :]
+        y = acc * _scalar(scale_hi, scale_lo, ACC)
+        if HAS_POST:
+            y = y * tl.load(post_ptr + col.to(tl.int64) * post_stride, mask=col_ok, other=0.0).to(ACC)
+        # In place (out_ptr == x_ptr) this is safe: the loop has read every chunk of the rows.
+        out = (out_ptr + r * out_row_stride)[None, :, None] + col
+        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=row_ok[None, :, :] & col_ok)
+    else:
+        c = b.to(tl.int64)
+        c_ok = b_ok & (c < n)
+        mask = row_ok & c_ok[None, :]
+        x = tl.load(x_rows + c[None, :] * x_col_stride, mask=mask, other=0.0).to(ACC)
+        if HAS_PRE:
+            x = x * tl.load(pre_ptr + c * pre_stride, mask=c_ok, other=0.0).to(ACC)[None, :]
+        y = fwht_block(x) * _scalar(scale_hi, scale_lo, ACC)
+        if HAS_POST:
+            y = y * tl.load(post_ptr + c * post_stride, mask=c_ok, other=0.0).to(ACC)[None, :]
+        tl.store(out_ptr + r[:, None] * out_row_stride + c[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 # ---------------------------------------------------------------------------------------
 # Launch configuration.
 
@@ -456,6 +540,51 @@ def block_config(
         return max(block_t, min(ops.reference.next_pow2(n), chunk))
 
     return block_t, fit(in_features), fit(out_features), rows, warps
+
+
+#: Largest order K of hk the K * 2^k op takes (kMaxK of the C++ ops, csrc/hadamard.h).
+MAX_TRITON_K: int = 256
+
+
+@functools.lru_cache(maxsize=None)
+def kn_config(n: int, K: int, pow2: int) -> tuple[int, int, int, int]:
+    """``(KB, P, ROWS, num_warps)`` of ``_transform_kn_kernel`` for rows of n entries in
+    chunks of pow2, H_K of order K (1: no H_K).
+
+    A program accumulates a [KB, ROWS, P] block: P = max(16, pow2) columns per chunk, KB =
+    next_pow2(used) output chunks per row (used = ceil(n / pow2)), or KB = 1 for K = 1. With
+    t = KB * P, rows per program and warps follow ``block_config``'s table for one live block
+    of t values: ROWS = max(1, 1024 // t), num_warps = 4 up to t = 1024, then
+    min(32, 4 * t // 1024); t <= 2^15 (``_check_kn_size``). E.g. n = 20 * 256 (K = 20): a
+    32 x 256 block, one row in 32 warps; n = 12 * 16: 16 x 16, four rows in 4 warps;
+    n = 172 * 64 (11008): 256 x 64, one row in 32 warps. Compiled for sm_90 with Triton 3.9
+    (scripts/triton_resources.py) this spills at t = 2^15, and 8-72 bytes for some shapes at
+    t = 2^14 (all in float64 with P >= 128; 32 x 512 in 32-bit types); ALLOW_LIST there.
+    """
+    kb, p = _kn_block(n, K, pow2)
+    t = kb * p
+    rows = max(1, 1024 // t)
+    warps = 4 if t <= 1024 else min(32, 4 * t // 1024)
+    return kb, p, rows, warps
+
+
+def _kn_block(n: int, K: int, pow2: int) -> tuple[int, int]:
+    """(KB, P) of kn_config, uncached (the fake kernel calls it with symbolic sizes)."""
+    kb = ops.reference.next_pow2((n + pow2 - 1) // pow2) if K > 1 else 1
+    return kb, max(_MIN_BLOCK, pow2)
+
+
+def _check_kn_size(n: int, K: int, pow2: int, op: str) -> None:
+    """The [KB, P] block of a row (kn_config) must fit in one program: KB * P <= 2^15."""
+    kb, p = _kn_block(n, K, pow2)
+    torch._check_value(
+        kb * p <= MAX_TRITON_FEATURES,
+        lambda: (
+            f"{op}: n={n} in chunks of pow2={pow2} (K={K}) needs a register block of {kb} x {p} = "
+            f"{kb * p} values per row, more than {MAX_TRITON_FEATURES} (2^15), the largest the "
+            f"Triton kernels transform in one pass; use backend='cuda' or backend='cpu'"
+        ),
+    )
 
 
 def _acc(dtype: torch.dtype):
@@ -767,6 +896,204 @@ def _(grad_y, x, scale, normalize, eps):
 classifier_forward_triton.register_autograd(
     ops.make_classifier_backward(classifier_backward_triton), setup_context=ops.classifier_setup_context
 )
+
+
+# ---------------------------------------------------------------------------------------
+# The transforms of order K * 2^k (the Triton twins of csrc/orders.cpp; public functions and
+# backend choice in transforms.py).
+
+_KN = "hadamard_kernels::hadamard_transform_kn_triton"
+_KN_INPLACE = "hadamard_kernels::hadamard_transform_kn_triton_"
+
+
+def _check_kn(
+    x: torch.Tensor,
+    hk: Optional[torch.Tensor],
+    pow2: int,
+    pre_signs: Optional[torch.Tensor],
+    post_signs: Optional[torch.Tensor],
+    op: str,
+) -> int:
+    """csrc/checks.h's check_kn_args plus the register limit (_check_kn_size); returns K."""
+    _check_float(x, op, "x")
+    torch._check_value(
+        pow2 >= 1 and pow2 & (pow2 - 1) == 0 and pow2 <= ops.MAX_FEATURES,
+        lambda: f"{op}: pow2 must be a power of two in [1, 2^20], got {pow2}",
+    )
+    K = 1
+    if hk is not None:
+        torch._check_type(
+            hk.dtype == torch.int8, lambda: f"{op}: hk must be an int8 tensor of +-1 entries, got {hk.dtype}"
+        )
+        torch._check_value(
+            hk.dim() == 2 and hk.shape[0] == hk.shape[1] and hk.shape[0] >= 1,
+            lambda: f"{op}: hk must be a square (K, K) matrix, got shape {tuple(hk.shape)}",
+        )
+        K = hk.shape[0]
+        torch._check_value(K <= MAX_TRITON_K, lambda: f"{op}: the order K of hk must be <= {MAX_TRITON_K}, got {K}")
+        torch._check_value(hk.device == x.device, lambda: f"{op}: hk is on {hk.device} but x is on {x.device}")
+    n = x.shape[-1]
+    torch._check_value(
+        n <= K * pow2, lambda: f"{op}: x has n={n} features, more than K * pow2 = {K} * {pow2} = {K * pow2}"
+    )
+    for name, s in (("pre_signs", pre_signs), ("post_signs", post_signs)):
+        if s is None:
+            continue
+        torch._check_type(
+            s.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+            lambda: f"{op}: {name} must be float32, float64, float16 or bfloat16, got {s.dtype}",  # noqa: B023
+        )
+        torch._check_value(
+            s.dim() == 1 and s.shape[0] == n,
+            lambda: f"{op}: {name} must have shape (n,) = ({n},), got {tuple(s.shape)}",  # noqa: B023
+        )
+        torch._check_value(
+            s.device == x.device, lambda: f"{op}: {name} is on {s.device} but x is on {x.device}"  # noqa: B023
+        )
+    _check_kn_size(n, K, pow2, op)
+    return K
+
+
+def _check_kn_inplace(x: torch.Tensor, op: str) -> None:
+    # Contiguous, hence without overlapping entries (csrc/checks.h's check_inplace_target).
+    torch._check_value(
+        x.is_contiguous(),
+        lambda: (
+            f"{op}: x must be contiguous and without overlapping entries to be transformed in place, "
+            f"got shape {tuple(x.shape)} and strides {x.stride()}; use the out-of-place transform"
+        ),
+    )
+
+
+def _launch_kn(x_rows, out_rows, K, hk, pow2, scale, pre, post, op) -> None:
+    """Transform the (rows, n) view x_rows into out_rows ((rows, n), entries contiguous; may
+    be x_rows itself when it is contiguous)."""
+    rows, n = x_rows.shape
+    kb, p, per_program, warps = kn_config(n, K, pow2)
+    if hk is not None and hk.stride(0) != 1:
+        # The kernel reads a column of H_K per chunk. Column-major (row stride 1, which Triton
+        # specialises to a constant) its KB / num_warps entries per thread share one address
+        # register; row-major they took one 64-bit address each, which spilled at K = 172,
+        # pow2 = 64 on sm_90 (scripts/triton_resources.py). transforms.py passes H_K
+        # column-major; the backward's H_K^T view is copied here (K * K bytes).
+        hk = hk.mT.contiguous().mT
+    hi, lo = _split_scalar(scale, x_rows.dtype, "scale", op)
+    dummy = x_rows  # any pointer for the absent operands (never read)
+    with _device_guard(x_rows):
+        _transform_kn_kernel[(triton.cdiv(rows, per_program),)](
+            x_rows, out_rows, dummy if hk is None else hk, dummy if pre is None else pre,
+            dummy if post is None else post, hi, lo, rows, n, pow2,
+            x_rows.stride(0), x_rows.stride(1), out_rows.stride(0),
+            0 if hk is None else hk.stride(0), 0 if hk is None else hk.stride(1),
+            0 if pre is None else pre.stride(0), 0 if post is None else post.stride(0),
+            HAS_HK=hk is not None, HAS_PRE=pre is not None, HAS_POST=post is not None,
+            ACC=_acc(x_rows.dtype), ROWS=per_program, KB=kb, P=p, num_warps=warps,
+        )  # fmt: skip
+
+
+@torch.library.custom_op(_KN, mutates_args=())
+def hadamard_transform_kn_triton(
+    x: torch.Tensor,
+    hk: Optional[torch.Tensor],
+    pow2: int,
+    scale: float,
+    pre_signs: Optional[torch.Tensor],
+    post_signs: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """``scale * post . [(H_K (x) H_pow2) @ pad(pre . x, K pow2)][:n]`` over the last dim
+    (Triton kernel), the twin of ``hadamard_kernels::hadamard_transform_kn``: hk the int8
+    (K, K) H_K acting on the high index digit (None: K = 1), signs (n,) or None. hk's entries
+    are used as they are (the C++ op also checks that they are +-1, which here would cost a
+    device synchronisation; the public functions pass orders.py's matrices)."""
+    K = _check_kn(x, hk, pow2, pre_signs, post_signs, _KN)
+    _check_device(x, _KN)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    rows_view, rows = _rows(x)
+    _launch_kn(rows_view, out.view(rows, x.shape[-1]), K, hk, pow2, scale, pre_signs, post_signs, _KN)
+    return out
+
+
+@hadamard_transform_kn_triton.register_fake
+def _(x, hk, pow2, scale, pre_signs, post_signs):
+    _check_kn(x, hk, pow2, pre_signs, post_signs, _KN)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# y = s P E^T (H_K (x) H_p) E Q x (P, Q = diag(post, pre), E pads to K p, E^T truncates)
+# => dL/dx = s Q E^T (H_K^T (x) H_p) E P g: the same op with H_K transposed (a view, read
+# through its strides) and the two sign vectors swapped, itself differentiable, so every
+# order is exact. Sign vectors are constants: one that requires grad is refused, as the C++
+# op does, rather than silently given no gradient.
+def _kn_setup_context(ctx, inputs, output) -> None:
+    _, hk, pow2, scale, pre, post = inputs
+    if any(s is not None and s.requires_grad for s in (pre, post)):
+        raise RuntimeError(
+            f"{_KN}: the sign vectors are constants, not differentiable; pass them detached (signs.detach())"
+        )
+    ctx.save_for_backward(hk, pre, post)
+    ctx.pow2, ctx.scale = pow2, scale
+
+
+def _kn_backward(ctx, grad: torch.Tensor):
+    hk, pre, post = ctx.saved_tensors
+    hk_t = None if hk is None else hk.mT
+    return hadamard_transform_kn_triton(grad, hk_t, ctx.pow2, ctx.scale, post, pre), None, None, None, None, None
+
+
+hadamard_transform_kn_triton.register_autograd(_kn_backward, setup_context=_kn_setup_context)
+
+
+@torch.library.custom_op(_KN_INPLACE, mutates_args=("x",))
+def hadamard_transform_kn_triton_(
+    x: torch.Tensor,
+    hk: Optional[torch.Tensor],
+    pow2: int,
+    scale: float,
+    pre_signs: Optional[torch.Tensor],
+    post_signs: Optional[torch.Tensor],
+) -> None:
+    """``hadamard_transform_kn_triton`` written into x (contiguous): each program loads all
+    of its rows before it stores them. No autograd formula: under autograd, use the
+    out-of-place op and ``x.copy_`` (transforms.py does), which torch's in-place rules cover;
+    an x that requires grad is refused while grad mode is on."""
+    K = _check_kn(x, hk, pow2, pre_signs, post_signs, _KN_INPLACE)
+    _check_kn_inplace(x, _KN_INPLACE)
+    _check_device(x, _KN_INPLACE)
+    if x.numel() == 0:
+        return
+    rows = x.view(-1, x.shape[-1])
+    _launch_kn(rows, rows, K, hk, pow2, scale, pre_signs, post_signs, _KN_INPLACE)
+
+
+@hadamard_transform_kn_triton_.register_fake
+def _(x, hk, pow2, scale, pre_signs, post_signs):
+    _check_kn(x, hk, pow2, pre_signs, post_signs, _KN_INPLACE)
+    _check_kn_inplace(x, _KN_INPLACE)
+
+
+# torch.library cannot attach an autograd formula to a mutating custom op, and without an
+# Autograd kernel torch's fallback takes the op for the identity: a silently wrong gradient.
+# This kernel refuses an x that would record the op in a graph, and otherwise goes on below
+# autograd (ADInplaceOrView still bumps x's version).
+def _kn_inplace_autograd(x, hk, pow2, scale, pre_signs, post_signs):
+    if torch.is_grad_enabled() and (
+        x.requires_grad or any(s is not None and s.requires_grad for s in (pre_signs, post_signs))
+    ):
+        raise RuntimeError(
+            f"{_KN_INPLACE}: x (or a sign vector) requires grad, and this in-place op has no autograd "
+            f"formula; use hadamard_transform_order_ / fwht_ (they compute out of place and copy under "
+            f"autograd) or {_KN}"
+        )
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.hadamard_kernels.hadamard_transform_kn_triton_.default(
+            x, hk, pow2, scale, pre_signs, post_signs
+        )
+
+
+_LIB = torch.library.Library("hadamard_kernels", "FRAGMENT")
+_LIB.impl("hadamard_transform_kn_triton_", _kn_inplace_autograd, "Autograd")
 
 
 ops.register_backend("triton", _backend_available)

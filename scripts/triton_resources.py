@@ -32,17 +32,21 @@ excuses occupancy).
 Sets (all with contiguous inputs of 3 rows; the row count is not specialised):
   ci     n = 1, 2, 16, 4096, 2^13, 2^14, 2^15 square (transform in = out, classifier
          N = C: the largest blocks) x the three kernels x float32 / bfloat16 / float64, plus
-         the classifier shapes of the benchmarks in float32. About 80 binaries, about 1.5 min
-         on 2 cores with a cold Triton cache. Run by tests/test_triton_resources.py in CI.
+         the classifier shapes of the benchmarks in float32, plus six (K, pow2) of the K * 2^k
+         kernel (_CI_KN) in the same dtypes. About 90 binaries, about 1.5 min on 2 cores with
+         a cold Triton cache. Run by tests/test_triton_resources.py in CI.
   table  every n = 2^0..2^15 square x the three kernels x the four dtypes, plus the
-         benchmark shapes: about 200 binaries, about 5 min on one core. The committed table
-         benchmarks/results/triton-resources-sm90.{md,json} (``--write``).
+         benchmark shapes, plus the K * 2^k kernel for one K per block height (_TABLE_KN) and
+         every pow2 that fits: about 350 binaries, about 10 min on one core. The committed
+         table benchmarks/results/triton-resources-sm90.{md,json} (``--write``).
   full   every power-of-two (in, out) pair with min <= 2^15 and max <= 2^20 (every entry of
          the dispatch table: other sizes take the entry of their next power of two), every
          normalize/bias combination, the four dtypes: about 2900 binaries, about an hour of
          one core (scripts/gpu_check.sh runs it with a job per core).
 The classifier forward is compiled with normalize and bias, the backward with normalize,
-except in the full set.
+except in the full set; the K * 2^k kernel (transform_kn, named by K and pow2, n = K * pow2)
+with pre signs and H_K column-major, as transforms.py calls it. The full set has no
+transform_kn rows (the table has every block of it).
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ from triton.compiler import ASTSource  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hadamard_kernels import orders  # noqa: E402
 from hadamard_kernels import triton_kernels as tk  # noqa: E402
 
 CAPABILITY = 90
@@ -109,6 +114,17 @@ ALLOW_LIST: list[tuple[str, tuple[str, ...], int, str]] = [
     ("transform", ("float64",), 2**15, _TOO_BIG.format("32 fp64 (64 registers)")),
     ("classifier_forward", ("float64",), 2**14, _TOO_BIG.format("16 + 16 fp64 (64 registers)")),
     ("classifier_backward", ("float64",), 2**13, _TOO_BIG.format("8 + 8 + 8 fp64 (48 registers)")),
+    ("transform_kn", ("float32", "float16", "bfloat16", "float64"), 2**15,
+     "one program accumulates the [KB, P] block of a row, KB * P = 2^15 values, in 1024 threads at most 64 "
+     "registers each: 32 fp32 (64 registers' worth in fp64) per thread before the chunk being added, its "
+     "butterfly, the column of H_K and addresses. num_warps is at its limit of 32; a smaller block would "
+     "mean a kernel that stages the row through memory. Correct, slower."),
+    ("transform_kn", ("float32", "float16", "bfloat16", "float64"), 2**14,
+     "KB * P = 2^14 values, 16 fp32 or fp64 per thread in 32 warps (64 registers each): ptxas spills 8 to "
+     "72 bytes for some block shapes (fp64 with P >= 128; in fp32 / fp16 / bf16 only 32 x 512, i.e. "
+     "20 * 512 and 28 * 512 = 14336), none for 256 x 64 (11008 = 172 * 64). 16 warps would give each "
+     "thread 128 registers but halve the occupancy to 25 %. Small spills, cached in L1; not measured on "
+     "a GPU."),
 ]
 
 
@@ -122,7 +138,7 @@ def allowed(kernel: str, dtype: str, block_t: int, spills: int, occupancy: float
     return None
 
 
-KERNELS = ("transform", "classifier_forward", "classifier_backward")
+KERNELS = ("transform", "classifier_forward", "classifier_backward", "transform_kn")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}  # fmt: skip
 BENCH_SHAPES = [(512, 10), (2048, 1000), (4096, 32000), (2**15, 10), (10, 2**15)]  # (N, C)
@@ -136,9 +152,12 @@ class Variant:
     n_out: int  # transform: out_features; classifier: C
     normalize: bool = True  # classifier kernels
     has_bias: bool = True  # classifier_forward
+    signs: bool = True  # transform_kn: with pre signs (the randomised transform)
 
     @property
     def name(self) -> str:
+        if self.kernel == "transform_kn":  # n_in = K (1: no H_K), n_out = pow2; n = K * pow2
+            return f"transform_kn {self.dtype} K={self.n_in} pow2={self.n_out}" + (" signs" if self.signs else "")
         sizes = f"in={self.n_in} out={self.n_out}" if self.kernel == "transform" else f"N={self.n_in} C={self.n_out}"
         flags = ""
         if self.kernel != "transform":
@@ -155,7 +174,7 @@ class Row:
     kernel: str
     dtype: str
     block_t: int
-    chunks: str  # IN_CHUNK/OUT_CHUNK (G_CHUNK/X_CHUNK for the backward)
+    chunks: str  # IN_CHUNK/OUT_CHUNK (G_CHUNK/X_CHUNK for the backward, KBxP for transform_kn)
     rows_per_program: int
     num_warps: int
     registers: int
@@ -199,10 +218,10 @@ class _Recorder:
 def capture(v: Variant) -> Launch:
     """Run the op's host code for ``v`` on 3 contiguous CPU rows and return its launch."""
     sink: list[Launch] = []
-    saved = {name: getattr(tk, name) for name in ("_transform_kernel", "_classifier_forward_kernel",
-                                                  "_classifier_backward_kernel", "_check_device")}  # fmt: skip
+    kernels = ("_transform_kernel", "_classifier_forward_kernel", "_classifier_backward_kernel", "_transform_kn_kernel")
+    saved = {name: getattr(tk, name) for name in (*kernels, "_check_device")}
     try:
-        for name in ("_transform_kernel", "_classifier_forward_kernel", "_classifier_backward_kernel"):
+        for name in kernels:
             setattr(tk, name, _Recorder(saved[name], sink))
         tk._check_device = lambda x, op: None
         dtype = DTYPES[v.dtype]
@@ -211,6 +230,13 @@ def capture(v: Variant) -> Launch:
         scale = torch.tensor(1.0, dtype=acc)  # as ops.hadamard_classifier makes it
         if v.kernel == "transform":
             tk.hadamard_transform_triton(x, v.n_out, 1.0)
+        elif v.kernel == "transform_kn":
+            K, pow2 = v.n_in, v.n_out
+            x = torch.empty(3, K * pow2, dtype=dtype)
+            # H_K column-major, as transforms.py passes it (triton_kernels._launch_kn).
+            h = orders.hadamard_k(K, torch.int8).mT.contiguous().mT if K > 1 else None
+            pre = torch.ones(K * pow2, dtype=dtype) if v.signs else None
+            tk.hadamard_transform_kn_triton(x, h, pow2, 1.0, pre, None)
         elif v.kernel == "classifier_forward":
             bias = torch.zeros(v.n_out, dtype=dtype) if v.has_bias else None
             tk.classifier_forward_triton(x, scale, bias, v.n_out, v.normalize, 1e-12)
@@ -224,7 +250,8 @@ def capture(v: Variant) -> Launch:
     return sink[0]
 
 
-_TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+_TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
+                 torch.int8: "i8"}
 
 
 def _specialise(value) -> tuple[str, Optional[str]]:
@@ -349,6 +376,12 @@ def occupancy(registers: int, num_warps: int, shared_bytes: int) -> tuple[int, f
 # width; float16 compiles like bfloat16.
 _CI_SIZES = (1, 2, 16, 4096, 8192, 2**14, 2**15)
 _CI_DTYPES = ("float32", "bfloat16", "float64")
+# transform_kn (K, pow2): one block row (K = 1) small and largest, multi-row programs, the
+# widths of LLaMA-family models (5120 = 20 * 256, 11008 = 172 * 64, 28672 = 28 * 1024).
+_CI_KN = ((1, 16), (1, 2**15), (12, 16), (20, 256), (172, 64), (28, 1024))
+# The table: one K per block height KB = next_pow2(K) (K = 1: KB = 1; the binary depends on KB,
+# not K), every pow2 whose block KB * max(16, pow2) fits in 2^15.
+_TABLE_KN = (1, 12, 20, 40, 108, 172)
 
 
 def variants(which: str) -> list[Variant]:
@@ -363,6 +396,11 @@ def variants(which: str) -> list[Variant]:
             if which == "table" or dtype == "float32":
                 for n, c in BENCH_SHAPES:
                     out += [Variant("classifier_forward", dtype, n, c), Variant("classifier_backward", dtype, n, c)]
+            if which == "ci":
+                out += [Variant("transform_kn", dtype, K, pow2) for K, pow2 in _CI_KN]
+            else:
+                out += [Variant("transform_kn", dtype, K, 2**k) for K in _TABLE_KN for k in range(16)
+                        if tk._kn_block(K * 2**k, K, 2**k)[0] * max(16, 2**k) <= 2**15]  # fmt: skip
         else:
             for a in range(21):
                 for b in range(21):
@@ -402,11 +440,16 @@ def run(which: str, jobs: int) -> tuple[list[Row], float]:
         first = members[0]
         spills = res["spill_stores"] + res["spill_loads"]
         passed = spills == 0 and occ >= MIN_OCCUPANCY
-        excuse = None if passed else allowed(first.kernel, first.dtype, a["BLOCK_T"], spills, occ)
-        chunks = (a["G_CHUNK"], a["X_CHUNK"]) if "G_CHUNK" in a else (a["IN_CHUNK"], a["OUT_CHUNK"])
+        if "KB" in a:  # transform_kn: a [KB, P] block per row (BLOCK_T column: KB * P)
+            block_t, chunks = a["KB"] * a["P"], f"{a['KB']}x{a['P']}"
+        else:
+            block_t = a["BLOCK_T"]
+            pair = (a["G_CHUNK"], a["X_CHUNK"]) if "G_CHUNK" in a else (a["IN_CHUNK"], a["OUT_CHUNK"])
+            chunks = f"{pair[0]}/{pair[1]}"
+        excuse = None if passed else allowed(first.kernel, first.dtype, block_t, spills, occ)
         rows.append(Row(
             name=first.name, same_binary=len(members), kernel=first.kernel, dtype=first.dtype,
-            block_t=a["BLOCK_T"], chunks=f"{chunks[0]}/{chunks[1]}", rows_per_program=a["ROWS"],
+            block_t=block_t, chunks=chunks, rows_per_program=a["ROWS"],
             num_warps=res["num_warps"], registers=res["registers"], spill_stores=res["spill_stores"],
             spill_loads=res["spill_loads"], stack_bytes=res["stack_bytes"],
             shared_bytes=res["shared_bytes"], blocks_per_sm=blocks, occupancy=occ, limiter=limiter,

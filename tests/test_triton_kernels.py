@@ -604,6 +604,19 @@ _COMPILE_SCRIPT = textwrap.dedent(
                 "G_CHUNK": "", "X_CHUNK": ""},
                 {"g_col_stride": 1, "x_col_stride": 1, "NORMALIZE": normalize, "ACC": acc,
                  "ROWS": rows, "BLOCK_T": block_t, "G_CHUNK": a, "X_CHUNK": b}, warps, cap)
+    KN_CASES = [(80, torch.float32, 20, 256), (90, torch.bfloat16, 172, 64), (80, torch.float64, 1, 16)]
+    for cap, dtype, K, pow2 in KN_CASES:  # (sm, dtype, K, pow2) of the K * 2^k kernel
+        t, acc = TY[dtype], tk._acc(dtype)
+        kb, p, rows, warps = tk.kn_config(K * pow2, K, pow2)
+        # Unit strides of x's entries, H_K's rows (column-major) and the signs, as launched.
+        build(tk._transform_kn_kernel, {
+            "x_ptr": f"*{t}", "out_ptr": f"*{t}", "hk_ptr": "*i8", "pre_ptr": f"*{t}", "post_ptr": f"*{t}",
+            "scale_hi": "fp32", "scale_lo": "fp32", "rows": "i32", "n": "i32", "pow2": "i32",
+            "x_row_stride": "i32", "x_col_stride": "", "out_row_stride": "i32", "hk_row_stride": "",
+            "hk_col_stride": "i32", "pre_stride": "", "post_stride": "", "HAS_HK": "", "HAS_PRE": "",
+            "HAS_POST": "", "ACC": "", "ROWS": "", "KB": "", "P": ""},
+            {"x_col_stride": 1, "hk_row_stride": 1, "pre_stride": 1, "post_stride": 1, "HAS_HK": K > 1,
+             "HAS_PRE": True, "HAS_POST": True, "ACC": acc, "ROWS": rows, "KB": kb, "P": p}, warps, cap)
     build(ex.rotate_quantize_int8_kernel, {
         "x_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32", "rows": "i32", "n": "i32",
         "x_row_stride": "i32", "inv_sqrt_n": "fp32", "ROWS": "", "BLOCK": ""},
