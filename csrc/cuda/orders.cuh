@@ -261,7 +261,9 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<false>
         }
         if constexpr (Tile::W > 1) __syncthreads();  // the next rows' exchange reuses the buffer
       } else if constexpr (kKPoint) {
-        if constexpr (Tile::W > 1) __syncthreads();  // the chunk's threads have read the exchange
+        // The chunk's threads have read the exchange (float16 / bfloat16: its layout is not
+        // the natural one, the store below overwrites entries others still read).
+        if constexpr (Tile::W > 1) __syncthreads();
         if (valid) kn_store_chunk(tile, buf + static_cast<size_t>(i) * M);
       }
     }
