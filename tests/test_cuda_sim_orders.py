@@ -313,6 +313,51 @@ def test_kn_kernel_is_coalesced(case: Case, outcomes):
         assert b[f"{kind}_sectors"] == b[f"{kind}_sectors_ideal"], (name, kind, b)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES + GATE if c.pow2 * acc_dtype(c.dtype).itemsize >= 512],
+                         ids=lambda c: c.id)  # fmt: skip
+def test_kn_kernel_has_no_bank_conflicts(case: Case, outcomes):
+    """Chunks of at least 512 bytes of accumulators (pow2 >= 128 in float32 / float16 /
+    bfloat16, >= 64 in float64): no shared-memory bank conflict at all. Smaller chunks have
+    some (left so; benchmarks/results/cuda-sim-counters-kn.md): row tiles of fewer than 8
+    threads store several rows' vectors per warp instruction, M apart, and a K-point warp
+    whose rows have fewer than 8 column vectors reads several rows at once."""
+    o = outcomes[case.id]
+    assert o.error is None, o.error
+    for launch in o.result.launches:
+        assert launch["shared_wavefronts"] == launch["shared_wavefronts_ideal"], launch
+
+
+COUNTERS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cuda-sim-counters-kn.json"
+
+
+def _table_case(c: Case) -> bool:
+    return c.layout == "contiguous" and c.rows > 0 and not c.max_grid and not c.inplace
+
+
+def counter_rows(selected: dict[str, Outcome]) -> list[dict]:
+    """The committed kn table's rows (tests/cuda_sim/table.py writes them): every launch of the
+    contiguous, out-of-place, full-grid cases."""
+    rows = []
+    for c in CASES + GATE:
+        if _table_case(c) and c.id in selected and selected[c.id].result is not None:
+            for launch in selected[c.id].result.launches:
+                rows.append({"case": c.id, "K": c.K, "pow2": c.pow2, "n": c.n, "rows": c.rows,
+                             "dtype": dtype_id(c.dtype), **launch})  # fmt: skip
+    return rows
+
+
+def test_committed_counter_table_is_current(outcomes):
+    """benchmarks/results/cuda-sim-counters-kn.json holds what the kernel does now
+    (regenerate with `python tests/cuda_sim/table.py` after a kernel change)."""
+    import json
+
+    committed = {(r["case"], r["kernel"]): r for r in json.loads(COUNTERS.read_text())["launches"]}
+    fresh = counter_rows(outcomes)
+    assert fresh, "no table case was selected"
+    for r in fresh:
+        assert committed.get((r["case"], r["kernel"])) == r, f"stale kn counter table at {r['case']}"
+
+
 # ---------------------------------------------------------------------------------------
 # The harness can fail this kernel: mutants (test_cuda_sim.MUTATIONS 4 to 6, one build
 # with test_cuda_sim's own) that must be rejected, each beside an unmutated control run. (The

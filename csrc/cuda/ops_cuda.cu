@@ -152,7 +152,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cuda(const at
 // One pass (orders.cuh: launch_kn) where cuda::kn_single_pass holds: pow2 up to 2^15 (2^14 in
 // float64) and, for K > 1, one row of ceil(n / pow2) transformed chunks in shared memory
 // (float32 / float16 / bfloat16: every K * 2^k up to 40 * 2^10, and more; float64 up to
-// 29056 entries). Otherwise the composed path below, several passes.
+// 29056 entries). K = 1 without signs (fwht_) is fwht.cuh's transform. Otherwise the
+// composed path below, several passes.
 // Rows with a column stride other than 1 are copied to contiguous rows first (one
 // instantiation per tile instead of two). hk's entries are not checked for +-1 on CUDA (that
 // would synchronise with the device); the one-pass kernel reads a negative entry as -1 and
@@ -204,6 +205,19 @@ void kn_cuda(const at::Tensor& x_rows, at::Tensor& out_rows, const OptTensor& hk
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_rows.scalar_type(), "hadamard_transform_kn_cuda", [&] {
     using T = cuda_t<scalar_t>;
     using A = cuda::acc_of<T>;
+    if (K == 1 && !pre.has_value() && !post.has_value()) {
+      // The plain transform (fwht_): the kernels of fwht.cuh, one pass up to 2^15 (2^14 in
+      // float64), two above; in place too (a row tile, or pass 1, reads its whole row or
+      // chunk before anything of it is written).
+      TransformParams p = make_params(x_rows, n, scale);
+      p.m = pow2;
+      p.out_row_stride = out_rows.stride(0);
+      at::Tensor ws = workspace(cuda::transform_workspace_bytes<T>(p), x_rows);
+      C10_CUDA_CHECK(
+          cuda::launch_transform<T>(cptr<scalar_t>(x_rows), mptr<scalar_t>(out_rows), p, ws_ptr(ws), stream));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
     if (!cuda::kn_single_pass<T>(K, pow2, n)) {
       out_rows.copy_(kn_composed(x_rows, hk, pow2, scale, pre, post));
       return;
