@@ -96,12 +96,12 @@ def kn_table(runner, commit: str, meta: dict) -> None:
         f"Commit {commit}, {meta['date']}; `python tests/cuda_sim/table.py` (tests/cuda_sim/README.md says what",
         "each counter means). The contiguous out-of-place cases of tests/test_cuda_sim_orders.py; each",
         "K > 1 case is two launches, the H_K mask kernel and the transform. x read / y written: bytes",
-        "requested / the tensor's bytes (1.00 = one pass); other reads: bytes of the sign vectors, H_K",
-        "and its masks; coalescing of x loads / y stores (fewest 32-byte sectors / sectors touched;",
+        "requested / the tensor's bytes (1.00 = one pass); other reads: distinct bytes of the sign",
+        "vectors, H_K and its masks (read by every block; the masks by every lane at once); coalescing of x loads / y stores (fewest 32-byte sectors / sectors touched;",
         "below 100% where n or the chunks are not sector multiples); shared: fewest wavefronts /",
         "wavefronts (100% = no bank conflict).",
         "",
-        "| case | kernel | grid x block | smem B | x read | y written | other reads B | x loads | y stores | shared |",
+        "| case | kernel | grid x block | smem B | x read | y written | other reads (distinct) B | x loads | y stores | shared |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -109,7 +109,7 @@ def kn_table(runner, commit: str, meta: dict) -> None:
         tensor = r["rows"] * r["n"] * size
         bufs = r["buffers"]
         x, y = bufs.get("x", {}), bufs.get("out", {})
-        other = sum(b["read"] for k, b in bufs.items() if k not in ("x", "out"))
+        other = sum(b["read_unique"] for k, b in bufs.items() if k not in ("x", "out"))
         lines.append(
             f"| {r['case']} | `{r['kernel']}` | {r['grid']} x {r['block']} | {r['dynamic_smem']} | "
             f"{x.get('read', 0) / tensor:.2f} | {y.get('written', 0) / tensor:.2f} | {other} | "
