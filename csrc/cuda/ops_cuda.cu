@@ -150,9 +150,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cuda(const at
 // Transforms of order K * 2^k (csrc/orders.cpp has the CPU twins and the formula):
 //   y = scale * post . [(H_K (x) H_pow2) @ pad(pre . x, K * pow2)][:n]   over the last dim.
 // One pass (orders.cuh: launch_kn) where cuda::kn_single_pass holds: pow2 up to 2^15 (2^14 in
-// float64) and, for K > 1, one row of ceil(n / pow2) transformed chunks in shared memory
-// (float32 / float16 / bfloat16: every K * 2^k up to 40 * 2^10, and more; float64 up to
-// 29056 entries). K = 1 without signs (fwht_) is fwht.cuh's transform. Otherwise the
+// float64) and, for K > 1, one row of ceil(n / pow2) transformed chunks in the device's
+// shared memory (sm_90, float32 / float16 / bfloat16: every K * 2^k up to 40 * 2^10, and
+// more; float64 up to 29056 entries). K = 1 without signs (fwht_) is fwht.cuh's transform. Otherwise the
 // composed path below, several passes.
 // Rows with a column stride other than 1 are copied to contiguous rows first (one
 // instantiation per tile instead of two). hk's entries are not checked for +-1 on CUDA (that
@@ -218,7 +218,7 @@ void kn_cuda(const at::Tensor& x_rows, at::Tensor& out_rows, const OptTensor& hk
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
-    if (!cuda::kn_single_pass<T>(K, pow2, n)) {
+    if (!cuda::kn_single_pass<T>(K, pow2, n, cuda::kn_smem_limit())) {
       out_rows.copy_(kn_composed(x_rows, hk, pow2, scale, pre, post));
       return;
     }

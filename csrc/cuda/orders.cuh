@@ -38,6 +38,7 @@
 // several passes (csrc/cuda/ops_cuda.cu).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -50,7 +51,7 @@ namespace cuda {
 constexpr int kKnGroup = 8;
 // Row buffer a block aims at (R rows of used * p accumulators, at least one row).
 constexpr size_t kKnTargetSmemBytes = 32 * 1024;
-// Dynamic shared memory of one sm_90 block.
+// Dynamic shared memory of one sm_90 block (the most any device gives; see kn_smem_limit).
 constexpr size_t kKnMaxSmemBytes = 227 * 1024;
 
 // Columns per thread of the K-point product: one 16-byte vector of accumulators.
@@ -326,21 +327,41 @@ inline KnShape kn_shape(int64_t rows, int64_t used, bool direct) {
   return {static_cast<int>(r), static_cast<size_t>(chunks) * kChunkBytes};
 }
 
-// Whether launch_kn does (K, pow2, n) in one pass for storage type T: pow2 within the
+// Dynamic shared memory a block of the current device may opt into (227 KB on sm_90, 163 KB
+// on sm_80, 99 KB on sm_86 / sm_89), at most kKnMaxSmemBytes; queried once per device.
+inline size_t kn_smem_limit() {
+  constexpr int kDefault = 48 * 1024;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return kDefault;
+  static std::atomic<int> cache[64] = {};  // 0: not queried yet
+  if (dev >= 0 && dev < 64) {
+    const int c = cache[dev].load(std::memory_order_relaxed);
+    if (c > 0) return static_cast<size_t>(c);
+  }
+  int v = 0;
+  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || v < kDefault) {
+    v = kDefault;
+  }
+  v = static_cast<int>(std::min<size_t>(static_cast<size_t>(v), kKnMaxSmemBytes));
+  if (dev >= 0 && dev < 64) cache[dev].store(v, std::memory_order_relaxed);
+  return static_cast<size_t>(v);
+}
+
+// Whether launch_kn does (K, pow2, n) in one pass for storage type T on a device whose blocks
+// may have smem_limit bytes of dynamic shared memory (kn_smem_limit): pow2 within the
 // single-pass row tiles and, for K > 1, one row of used chunks in shared memory.
 template <typename T>
-inline bool kn_single_pass(int64_t K, int64_t pow2, int64_t n) {
+inline bool kn_single_pass(int64_t K, int64_t pow2, int64_t n, size_t smem_limit) {
   const int L = ilog2(pow2);
   if ((int64_t{1} << L) != pow2 || L > max_single_pass_log2<T>() || n > K * pow2) return false;
-  if (K == 1) return true;
-  if (L > kn_max_k_point_log2<T>()) return false;
+  if (K > 1 && L > kn_max_k_point_log2<T>()) return false;
   const int64_t used = std::max<int64_t>((n + pow2 - 1) / pow2, 1);
-  size_t bytes = 0;  // one row's buffer
+  size_t bytes = 0;  // one row's buffer (K > 1), the exchange buffer (K = 1)
   dispatch_log2<0, max_single_pass_log2<T>()>(L, [&](auto lc) {
-    bytes = kn_shape<T, decltype(lc)::value>(1, used, false).smem_bytes;
+    bytes = kn_shape<T, decltype(lc)::value>(1, used, K == 1).smem_bytes;
     return cudaSuccess;
   });
-  return bytes <= kKnMaxSmemBytes;
+  return bytes <= smem_limit;
 }
 
 // Workspace of launch_kn: the H_K masks (none for K = 1). 256-byte multiple.
@@ -353,12 +374,15 @@ inline size_t kn_workspace_bytes(int64_t K) {
 // out[r, :n] = the formula of the file comment for p.rows rows, in one pass; hk: int8 K x K
 // on the device (null iff K = 1); pre / post: n accumulators or null (post with the scale
 // multiplied in); workspace: kn_workspace_bytes(K). cudaErrorInvalidValue if
-// !kn_single_pass<T>(K, pow2, n).
+// !kn_single_pass<T>(K, pow2, n, kn_smem_limit()).
 template <typename T>
 cudaError_t launch_kn(const T* x, T* out, const int8_t* hk, const acc_of<T>* pre, const acc_of<T>* post,
                       const KnParams& p, void* workspace, cudaStream_t stream) {
   using A = acc_of<T>;
-  if (!kn_single_pass<T>(p.K, p.pow2, p.n) || (p.K > 1) != (hk != nullptr)) return cudaErrorInvalidValue;
+  const size_t smem_limit = kn_smem_limit();
+  if (!kn_single_pass<T>(p.K, p.pow2, p.n, smem_limit) || (p.K > 1) != (hk != nullptr)) {
+    return cudaErrorInvalidValue;
+  }
   if (p.rows == 0 || p.n == 0) return cudaSuccess;
   const int L = ilog2(p.pow2);
   const int64_t used = (p.n + p.pow2 - 1) / p.pow2;
@@ -397,9 +421,9 @@ cudaError_t launch_kn(const T* x, T* out, const int8_t* hk, const acc_of<T>* pre
     a.vec_store = can_vectorize<T>(out, p.out_row_stride, 1, p.n, kv_out) &&
                   (direct || post == nullptr || aligned_to(post, int64_t{kv_out} * static_cast<int64_t>(sizeof(A))));
     auto kernel = kn_transform_kernel<T, kL>;
-    // The limit is raised once to the most any launch of this kernel asks for.
+    // The limit is raised once per device, to the most any launch of this kernel may ask for.
     static unsigned long long smem_done = 0;
-    cudaError_t err = allow_smem(kernel, shape.smem_bytes > 48 * 1024 ? kKnMaxSmemBytes : 0, smem_done);
+    cudaError_t err = allow_smem(kernel, shape.smem_bytes > 48 * 1024 ? smem_limit : 0, smem_done);
     if (err != cudaSuccess) return err;
     const int64_t blocks = (p.rows + shape.rows_per_block - 1) / shape.rows_per_block;
     HK_LAUNCH(kernel, grid_for(blocks), Tile::THREADS, shape.smem_bytes, stream, a);
