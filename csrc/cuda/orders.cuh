@@ -31,11 +31,16 @@
 // straight from registers with scale and post (the row kernel of fwht.cuh plus the signs).
 //
 // R aims at kKnTargetSmemBytes of row buffer (enough items for both stages) and is 1 for
-// large rows; a row of used * p accumulators must fit the 227 KB of an sm_90 block
-// (float32 / float16 / bfloat16 up to 58112 entries: every K * 2^k <= 40 * 2^10 and
-// 172 * 2^8; float64 up to 29056) and p up to the single-pass limit of fwht.cuh
-// (kn_single_pass). Larger rows are not this kernel's: the torch glue composes them from
-// several passes (csrc/cuda/ops_cuda.cu).
+// large rows; a row of used * p accumulators must fit the shared memory a block of the
+// device may opt into (kn_smem_limit; sm_90: 227 KB, float32 / float16 / bfloat16 rows up
+// to 58112 entries, every K * 2^k <= 40 * 2^10 and 172 * 2^8; float64 up to 29056), and p
+// must be within the single-pass tiles of fwht.cuh, with the K-point stage up to
+// kn_max_k_point_log2 (kn_single_pass). Other rows are not this kernel's: the torch glue
+// composes them from several passes (csrc/cuda/ops_cuda.cu).
+//
+// Shared-memory bank conflicts: none for chunks of >= 512 bytes of accumulators (the
+// harness's counters). Smaller chunks have some: row tiles of fewer than 8 threads store
+// several rows' vectors per warp instruction, and K-point warps read several rows at once.
 #pragma once
 
 #include <atomic>
