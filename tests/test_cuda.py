@@ -7,6 +7,7 @@ import torch
 from conftest import DTYPES, LAYOUTS, RTOL, dtype_id, make_input, rel_err
 
 import hadamard_kernels as hk
+from hadamard_kernels import orders
 from hadamard_kernels import reference as R
 
 pytestmark = pytest.mark.cuda
@@ -317,8 +318,6 @@ def test_errors_on_cuda():
 # ---------------------------------------------------------------------------------------
 # hadamard_transform_kn(_): the K * 2^k transforms (csrc/cuda/orders.cuh, one pass where the
 # row fits in shared memory; the composed multi-pass path of ops_cuda.cu otherwise)
-
-from hadamard_kernels import orders  # noqa: E402
 
 # (K, pow2, n): K = 1 (hk None) and K > 1, n = K * pow2 and padded n < K * pow2.
 KN_ONE_PASS = [
