@@ -8,7 +8,9 @@ Inputs, both from the one nvcc compile of scripts/check_cuda.sh (`-Xptxas -v -ke
     launcher in csrc/cuda/ uses) and the tile manifest of csrc/cuda/check/compile_check.cu,
     {L, threads, dynamic shared bytes} of RowTile<T, L> (row_transform_kernel,
     classifier_forward_kernel and classifier_backward_kernel launch with
-    RowTile<T, L>::kSmemBytes of dynamic shared memory; the other kernels with none).
+    RowTile<T, L>::kSmemBytes of dynamic shared memory; the other kernels with none), and the
+    kn manifest of kn_transform_kernel (orders.cuh: RowTile<T, L>::THREADS threads, a row
+    buffer that depends on the call, listed at its typical size).
 
 Theoretical occupancy on sm_90 (H100), the model of the CUDA occupancy calculator:
     warps      = ceil(threads / 32)                                 warps per block
@@ -72,7 +74,8 @@ STRIDED_ALLOW: dict[tuple[str, str, int], str] = {
     ("classifier_backward", "float64", 14): _BACKWARD_512,
 }
 
-DTYPES = {"float": "float32", "double": "float64", "__half": "float16", "__nv_bfloat16": "bfloat16"}
+DTYPES = {"float": "float32", "double": "float64", "__half": "float16", "__nv_bfloat16": "bfloat16",
+          "signed char": "int8"}
 MANIFEST_DTYPES = {"f32": "float32", "f64": "float64", "f16": "float16", "bf16": "bfloat16"}
 ROW_TILE_KERNELS = ("row_transform", "classifier_forward", "classifier_backward")
 EPILOGUES = {0: "scale", 1: "classifier"}  # enum class ColumnEpilogue in fwht.cuh
@@ -162,22 +165,24 @@ def parse_ptxas_log(text: str) -> dict[str, Usage]:
 
 
 _MAXNTID = re.compile(r"\.entry\s+(\S+?)\s*\((?:[^)]*)\)\s*((?:\.\w+[^\n]*\n\s*)*)\{", re.S)
-_MANIFEST = re.compile(r"\.global\s+\.align\s+\d+\s+\.b8\s+\S*hk_tiles_(\w+?)E?\[(\d+)\]\s*=\s*\{([^}]*)\}")
+_MANIFEST = re.compile(r"\.global\s+\.align\s+\d+\s+\.b8\s+\S*hk_(kn_)?tiles_(\w+?)E?\[(\d+)\]\s*=\s*\{([^}]*)\}")
 
 
-def parse_ptx(text: str) -> tuple[dict[str, int], dict[tuple[str, int], tuple[int, int]]]:
-    """(threads per kernel from .maxntid, {(dtype, L): (threads, dynamic shared bytes)})."""
+def parse_ptx(text: str) -> tuple[dict[str, int], dict[tuple[str, str, int], tuple[int, int]]]:
+    """(threads per kernel from .maxntid, {(manifest, dtype, L): (threads, dynamic shared bytes)}),
+    manifest "row" (hk_tiles_*: the row-tile kernels) or "kn" (hk_kn_tiles_*: kn_transform)."""
     threads: dict[str, int] = {}
     for m in _MAXNTID.finditer(text):
         if d := re.search(r"\.maxntid\s+(\d+)\s*,\s*(\d+)\s*,\s*(\d+)", m.group(2)):
             threads[m.group(1)] = math.prod(int(g) for g in d.groups())
-    tiles: dict[tuple[str, int], tuple[int, int]] = {}
+    tiles: dict[tuple[str, str, int], tuple[int, int]] = {}
     for m in _MANIFEST.finditer(text):
-        data = [int(b) for b in m.group(3).replace(" ", "").split(",") if b]
-        data += [0] * (int(m.group(2)) - len(data))  # PTX drops trailing zero bytes
+        data = [int(b) for b in m.group(4).replace(" ", "").split(",") if b]
+        data += [0] * (int(m.group(3)) - len(data))  # PTX drops trailing zero bytes
         ints = [int.from_bytes(bytes(data[i : i + 4]), "little", signed=True) for i in range(0, len(data), 4)]
+        kind = "kn" if m.group(1) else "row"
         for i in range(0, len(ints), 3):
-            tiles[(MANIFEST_DTYPES[m.group(1)], ints[i])] = (ints[i + 1], ints[i + 2])
+            tiles[(kind, MANIFEST_DTYPES[m.group(2)], ints[i])] = (ints[i + 1], ints[i + 2])
     return threads, tiles
 
 
@@ -198,13 +203,13 @@ def describe(mangled: str) -> Kernel:
     subs = ["hadamard_kernels", "hadamard_kernels::cuda", name]
     args: list[object] = []
     i = 1
-    token = re.compile(r"(?P<b>[fd])|(?P<n>\d+)|S(?P<s>\d*)_|L(?P<l>b[01]|i\d+|NS0_(?P<en>\d+))")
+    token = re.compile(r"(?P<b>[fda])|(?P<n>\d+)|S(?P<s>\d*)_|L(?P<l>b[01]|i\d+|NS0_(?P<en>\d+))")
     while rest[i] != "E":
         t = token.match(rest, i)
         if not t:
             raise ValueError(f"cannot read template arguments of {mangled} at {rest[i:]!r}")
         if t.group("b"):
-            args.append({"f": "float", "d": "double"}[t.group("b")])
+            args.append({"f": "float", "d": "double", "a": "signed char"}[t.group("b")])
             i = t.end()
         elif t.group("n"):
             k = int(t.group("n"))
@@ -239,6 +244,10 @@ def describe(mangled: str) -> Kernel:
         return Kernel(kernel, dtype, "", None, False, "")
     if kernel == "classifier_chunk_scale":  # <A>
         return Kernel(kernel, dtype, "", None, False, "")
+    if kernel == "kn_transform":  # <T, L>
+        return Kernel(kernel, dtype, "", args[1], False, "")
+    if kernel == "kn_masks":  # <int8_t>
+        return Kernel(kernel, dtype, "", None, False, "")
     raise ValueError(f"unknown kernel {kernel} in {mangled}: teach scripts/cuda_resources.py its arguments")
 
 
@@ -270,15 +279,16 @@ def build_rows(ptxas_log: str, ptx: str) -> list[Row]:
         k = describe(mangled)
         t = threads.get(mangled, 0)
         dyn = 0
-        if k.kernel in ROW_TILE_KERNELS:
-            tile = tiles.get((k.dtype, k.log2))
+        if k.kernel in ROW_TILE_KERNELS or k.kernel == "kn_transform":
+            tile = tiles.get(("kn" if k.kernel == "kn_transform" else "row", k.dtype, k.log2))
             if tile is None:
                 raise ValueError(f"tile manifest lacks {k.dtype} L={k.log2} ({k.label})")
             if t != tile[0]:
                 raise ValueError(f"{k.label}: __launch_bounds__ {t} != RowTile::THREADS {tile[0]}")
             dyn = tile[1]
         rows.append(Row(mangled, k, u, t, dyn, occupancy(t, u.registers, u.static_smem_bytes + dyn)))
-    order = {"row_transform": 0, "classifier_forward": 1, "classifier_backward": 2, "column_transform": 3}
+    order = {"row_transform": 0, "classifier_forward": 1, "classifier_backward": 2, "column_transform": 3,
+             "kn_transform": 4, "kn_masks": 5}
     rows.sort(key=lambda r: (order.get(r.kernel.kernel, 4), list(DTYPES.values()).index(r.kernel.dtype),
                              r.kernel.out, r.kernel.epilogue, r.kernel.strided, r.kernel.log2 or 0))
     return rows

@@ -7,6 +7,7 @@ import torch
 from conftest import DTYPES, LAYOUTS, RTOL, dtype_id, make_input, rel_err
 
 import hadamard_kernels as hk
+from hadamard_kernels import orders
 from hadamard_kernels import reference as R
 
 pytestmark = pytest.mark.cuda
@@ -312,3 +313,130 @@ def test_errors_on_cuda():
         ops.hadamard_transform(x.int(), 8, 1.0)
     with pytest.raises(ValueError, match="is on"):
         ops.classifier_forward(x, torch.tensor(1.0), None, 4, True, 1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# hadamard_transform_kn(_): the K * 2^k transforms (csrc/cuda/orders.cuh, one pass where the
+# row fits in shared memory; the composed multi-pass path of ops_cuda.cu otherwise)
+
+# (K, pow2, n): K = 1 (hk None) and K > 1, n = K * pow2 and padded n < K * pow2.
+KN_ONE_PASS = [
+    (1, 1024, 1000), (1, 2**15, 2**15), (12, 1, 12), (12, 4, 45), (12, 1024, 12 * 1024), (20, 256, 5120),
+    (28, 512, 14336), (36, 64, 2000), (40, 1024, 40960), (60, 128, 60 * 128 - 7), (172, 64, 11008),
+    (172, 256, 44032), (12, 4096, 3 * 4096 + 1),
+]  # fmt: skip
+# Composed (several passes): rows over 227 KB of accumulators, pow2 beyond the row tiles, K = 1
+# with signs beyond 2^15, and the plain K = 1 transform over 2^15 (fwht.cuh's two passes).
+KN_COMPOSED = [(40, 2048, 81920), (12, 2**16, 12 * 2**16 - 3), (1, 2**17, 2**17 - 5), (156, 1024, 156 * 1024)]
+
+
+def kn_reference(x, hk, pow2, scale, pre, post):
+    """scale * post . [(H_K kron H_pow2) @ pad(pre . x, K * pow2)][:n] in float64 over the last
+    dim, from its definition Y = H_K X H_pow2 on the (K, pow2) view of the padded row."""
+    n = x.shape[-1]
+    K = 1 if hk is None else hk.shape[0]
+    w = x.double() * (1 if pre is None else pre.double())
+    w = torch.nn.functional.pad(w, (0, K * pow2 - n)).reshape(*x.shape[:-1], K, pow2)
+    h_k = torch.ones(1, 1, dtype=torch.float64, device=x.device) if hk is None else hk.double()
+    y = (h_k @ R.fwht_reference(w)).reshape(*x.shape[:-1], K * pow2)[..., :n]
+    return scale * y * (1 if post is None else post.double())
+
+
+def kn_args(K, n, dtype, signs, transpose=False):
+    hk_ = None if K == 1 else orders.hadamard_k(K, torch.int8, DEV)
+    if hk_ is not None and transpose:
+        hk_ = hk_.T.contiguous()
+    sign = lambda: (torch.randint(0, 2, (n,), device=DEV) * 2 - 1).to(dtype)  # noqa: E731
+    return hk_, (sign() if signs else None), (sign() if signs else None)
+
+
+def kn_id(case) -> str:
+    return f"K{case[0]}-p{case[1]}-n{case[2]}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("signs", [False, True], ids=["nosigns", "signs"])
+@pytest.mark.parametrize("case", KN_ONE_PASS + KN_COMPOSED, ids=kn_id)
+def test_kn_matches_reference(case, signs, dtype):
+    K, pow2, n = case
+    rows = rows_for(n, 37)
+    x = torch.randn(rows, n, dtype=dtype, device=DEV)
+    x0 = x.clone()
+    hk_, pre, post = kn_args(K, n, dtype, signs, transpose=n % 2 == 1)
+    poison_allocator(x.numel() * 8)
+    y = ops.hadamard_transform_kn(x, hk_, pow2, 0.3, pre, post)
+    assert y.shape == x.shape and y.dtype == dtype and y.is_contiguous() and torch.equal(x, x0)
+    assert not y.isnan().any()
+    ref = kn_reference(x, hk_, pow2, 0.3, pre, post)
+    assert rel_err(y, ref) <= RTOL[dtype]
+    # In place: the same values, written into x.
+    ops.hadamard_transform_kn_(x, hk_, pow2, 0.3, pre, post)
+    assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [(20, 64, 1280), (12, 16, 190), (1, 512, 500)], ids=kn_id)
+def test_kn_layouts_and_agrees_with_cpu(case, layout, dtype):
+    K, pow2, n = case
+    x = make_input((3, 5, n), dtype, layout, DEV)
+    hk_, pre, post = kn_args(K, n, dtype, signs=True)
+    y = ops.hadamard_transform_kn(x, hk_, pow2, 0.5, pre, post)
+    assert y.is_contiguous() and rel_err(y, kn_reference(x, hk_, pow2, 0.5, pre, post)) <= RTOL[dtype]
+    cpu = ops.hadamard_transform_kn(x.cpu(), None if hk_ is None else hk_.cpu(), pow2, 0.5,
+                                    pre.cpu(), post.cpu())  # fmt: skip
+    assert rel_err(y.cpu(), cpu) <= 2 * RTOL[dtype]
+
+
+def test_kn_edge_shapes_and_determinism():
+    hk_ = orders.hadamard_k(12, torch.int8, DEV)
+    assert ops.hadamard_transform_kn(torch.randn(0, 48, device=DEV), hk_, 4, 1.0, None, None).shape == (0, 48)
+    assert ops.hadamard_transform_kn(torch.randn(3, 0, device=DEV), hk_, 4, 1.0, None, None).shape == (3, 0)
+    x = torch.randn(1000, 11008, device=DEV)
+    h172 = orders.hadamard_k(172, torch.int8, DEV)
+    assert torch.equal(ops.hadamard_transform_kn(x, h172, 64, 1.0, None, None),
+                       ops.hadamard_transform_kn(x, h172, 64, 1.0, None, None))  # fmt: skip
+
+
+def test_kn_inplace_refuses_non_contiguous():
+    x = torch.randn(4, 96, device=DEV)[:, :48]
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.hadamard_transform_kn_(x, orders.hadamard_k(12, torch.int8, DEV), 4, 1.0, None, None)
+
+
+def test_kn_errors_on_cuda():
+    x = torch.randn(2, 48, device=DEV)
+    hk_ = orders.hadamard_k(12, torch.int8, DEV)
+    with pytest.raises(ValueError, match="more than K"):
+        ops.hadamard_transform_kn(x, hk_, 2, 1.0, None, None)
+    with pytest.raises(ValueError, match="is on"):
+        ops.hadamard_transform_kn(x, hk_.cpu(), 4, 1.0, None, None)
+    with pytest.raises(ValueError, match="pre_signs"):
+        ops.hadamard_transform_kn(x, hk_, 4, 1.0, torch.ones(47, device=DEV), None)
+    with pytest.raises(TypeError, match="int8"):
+        ops.hadamard_transform_kn(x, hk_.float(), 4, 1.0, None, None)
+
+
+@pytest.mark.parametrize("case", [(12, 4, 45), (20, 8, 160), (1, 64, 60), (40, 2048, 81920)], ids=kn_id)
+def test_kn_grad_and_gradcheck(case):
+    """The backward is the op with H_K^T and the signs swapped (csrc/autograd.cpp): against the
+    reference's autograd, and gradcheck in float64 (one case on the composed path)."""
+    K, pow2, n = case
+    hk_, pre, post = kn_args(K, n, torch.float64, signs=True)
+    x = torch.randn(2, n, dtype=torch.float64, device=DEV, requires_grad=True)
+    g = torch.randn(2, n, dtype=torch.float64, device=DEV)
+    (gx,) = torch.autograd.grad(ops.hadamard_transform_kn(x, hk_, pow2, 0.7, pre, post), x, g)
+    xr = x.detach().requires_grad_()
+    (ref,) = torch.autograd.grad(kn_reference(xr, hk_, pow2, 0.7, pre, post), xr, g)
+    assert rel_err(gx, ref) <= RTOL[torch.float64]
+    fn = lambda t: ops.hadamard_transform_kn(t, hk_, pow2, 0.7, pre, post)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,), fast_mode=n > 1000)
+
+
+@pytest.mark.parametrize("case", [(12, 4, 45), (1, 64, 64)], ids=kn_id)
+def test_opcheck_kn(case):
+    K, pow2, n = case
+    hk_, pre, post = kn_args(K, n, torch.float32, signs=True)
+    x = torch.randn(3, n, device=DEV, requires_grad=True)
+    torch.library.opcheck(ops.hadamard_transform_kn, (x, hk_, pow2, 0.5, pre, post))
+    torch.library.opcheck(ops.hadamard_transform_kn_, (x.detach().clone(), hk_, pow2, 0.5, pre, post))

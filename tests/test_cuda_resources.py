@@ -73,7 +73,7 @@ def test_parse_log_and_ptx():
     assert usage[FORWARD_F32] == cr.Usage(128, 8, 12, 16, 0)
     threads, tiles = cr.parse_ptx(PTX)
     assert threads == {ROWS_F64: 512, FORWARD_F32: 512}
-    assert tiles == {("float32", 15): (512, 131200)}
+    assert tiles == {("row", "float32", 15): (512, 131200)}
 
 
 @pytest.mark.parametrize(

@@ -332,6 +332,13 @@ MUTATIONS = {
         "    if constexpr (Tile::W > 1) if (!hk_sim::mutant(2)) __syncthreads();"),
     3: ("fwht.cuh", "for (int k = 0; k < KV; ++k) a[v][k] = c + c_thread + k < lim ? Num<T>::load(base[c + k]) : A(0);",
         "for (int k = 0; k < KV; ++k) a[v][k] = c + c_thread + k < lim + hk_sim::mutant(3) ? Num<T>::load(base[c + k]) : A(0);"),
+    # The K * 2^k kernel's (tests/test_cuda_sim_orders.py runs these; one build for all).
+    4: ("orders.cuh", "    __syncthreads();  // stage 2 reads every chunk of the rows",
+        "    if (!hk_sim::mutant(4)) __syncthreads();"),
+    5: ("orders.cuh", "    __syncthreads();  // before the next rows' chunks overwrite the buffer",
+        "    if (!hk_sim::mutant(5)) __syncthreads();"),
+    6: ("orders.cuh", "const uint32_t bits = mask[a2 * p.words] >> shift;",
+        "const uint32_t bits = mask[a2 * p.words] >> (shift + hk_sim::mutant(6));"),
 }  # fmt: skip
 
 #: Mutant -> (what it breaks, a case that must be rejected).
@@ -347,13 +354,7 @@ MUTANTS = {
 def mutant_runner(tmp_path_factory) -> Path:
     """The runner (float32 only) built from a copy of the kernels with every mutation in it,
     each switched on by HK_SIM_MUTANT=id."""
-    src = tmp_path_factory.mktemp("mutants") / "csrc"
-    shutil.copytree(H.CSRC, src, ignore=shutil.ignore_patterns("*.cpp", "*.cu", "check", "cpu"))
-    for name, old, new in MUTATIONS.values():
-        text = (src / "cuda" / name).read_text()
-        assert text.count(old) >= 1, f"mutation target not found in {name}: {old!r}"
-        (src / "cuda" / name).write_text(text.replace(old, new, 1))
-    return H.build(src / "cuda", dtypes=(torch.float32,))
+    return H.build_mutants(MUTATIONS, tmp_path_factory.mktemp("mutants"))
 
 
 @pytest.mark.parametrize("mutant", sorted(MUTANTS), ids=lambda m: f"mutant{m}")

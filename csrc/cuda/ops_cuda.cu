@@ -1,9 +1,10 @@
 // CUDA implementations of the hadamard_kernels ops (schemas in csrc/ops.cpp): argument checks,
-// output allocation and the launches of the kernels in fwht.cuh / classifier.cuh, registered
-// as the CUDA backend. Semantics, shapes and dtypes mirror the CPU implementations exactly.
+// output allocation and the launches of the kernels in fwht.cuh / classifier.cuh / orders.cuh,
+// registered as the CUDA backend. Semantics, shapes and dtypes mirror the CPU implementations exactly.
 // The stream comes from c10/cuda/CUDAStream.h (what at::cuda::getCurrentCUDAStream forwards
 // to), so this file needs no cuBLAS / cuSPARSE headers.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -19,6 +20,7 @@
 #include "../checks.h"
 #include "classifier.cuh"
 #include "fwht.cuh"
+#include "orders.cuh"
 
 namespace hadamard_kernels {
 namespace {
@@ -144,12 +146,139 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cuda(const at
   return {grad_x, grad_scale, grad_bias};
 }
 
+// ------------------------------------------------------------------------------------------
+// Transforms of order K * 2^k (csrc/orders.cpp has the CPU twins and the formula):
+//   y = scale * post . [(H_K (x) H_pow2) @ pad(pre . x, K * pow2)][:n]   over the last dim.
+// One pass (orders.cuh: launch_kn) where cuda::kn_single_pass holds: pow2 up to 2^15 (2^14 in
+// float64) and, for K > 1, one row of ceil(n / pow2) transformed chunks in the device's
+// shared memory (sm_90, float32 / float16 / bfloat16: every K * 2^k up to 40 * 2^10, and
+// more; float64 up to 29056 entries). K = 1 without signs (fwht_) is fwht.cuh's transform. Otherwise the
+// composed path below, several passes.
+// Rows with a column stride other than 1 are copied to contiguous rows first (one
+// instantiation per tile instead of two). hk's entries are not checked for +-1 on CUDA (that
+// would synchronise with the device); the one-pass kernel reads a negative entry as -1 and
+// any other as +1.
+
+using OptTensor = std::optional<at::Tensor>;
+
+// A sign vector (n,) in the accumulator type, times factor, contiguous and 16-byte aligned
+// for the kernel's vector loads (undefined when absent).
+at::Tensor kn_signs(const OptTensor& s, at::ScalarType acc, double factor) {
+  if (!s.has_value()) return at::Tensor();
+  at::Tensor t = s->to(acc);
+  if (factor != 1.0) t = t * factor;
+  t = t.contiguous();
+  if (reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 != 0) t = t.clone();
+  return t;
+}
+
+// The composed transform, several passes, for the rows launch_kn does not take: in the
+// accumulator type, pre signs, zero padding to used * pow2, the CUDA transform of each chunk
+// (hadamard_transform_cuda: two passes beyond 2^15), the K-point product as a batched matmul
+// (in float64 where cuBLAS may use TF32 for float32), then scale and post. Returns the
+// (R, n) result in the accumulator type.
+at::Tensor kn_composed(const at::Tensor& rows, const OptTensor& hk, int64_t pow2, double scale, const OptTensor& pre,
+                       const OptTensor& post) {
+  const int64_t r = rows.size(0), n = rows.size(1);
+  const int64_t used = (n + pow2 - 1) / pow2;
+  const at::ScalarType acc = at::toOpMathType(rows.scalar_type());
+  at::Tensor w = rows.to(acc);
+  if (pre.has_value()) w = w * pre->to(acc);
+  w = at::constant_pad_nd(w, {0, used * pow2 - n}).reshape({r * used, pow2});
+  at::Tensor t = hadamard_transform_cuda(w, pow2, 1.0).view({r, used, pow2});
+  if (hk.has_value()) {
+    const at::ScalarType mm = acc == at::kFloat && at::globalContext().allowTF32CuBLAS() ? at::kDouble : acc;
+    const at::Tensor h = hk->narrow(0, 0, used).narrow(1, 0, used).to(mm);
+    t = at::matmul(h, t.to(mm)).to(acc);
+  }
+  at::Tensor y = t.reshape({r, used * pow2}).narrow(1, 0, n);
+  return post.has_value() ? y * kn_signs(post, acc, scale) : y * scale;
+}
+
+// Transforms the (R, n) rows of x_rows (unit column stride) into out_rows (R, n, unit column
+// stride; may be x_rows itself: in place).
+void kn_cuda(const at::Tensor& x_rows, at::Tensor& out_rows, const OptTensor& hk, int64_t K, int64_t pow2,
+             double scale, const OptTensor& pre, const OptTensor& post) {
+  const int64_t n = x_rows.size(1);
+  const at::ScalarType acc = at::toOpMathType(x_rows.scalar_type());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_rows.scalar_type(), "hadamard_transform_kn_cuda", [&] {
+    using T = cuda_t<scalar_t>;
+    using A = cuda::acc_of<T>;
+    if (K == 1 && !pre.has_value() && !post.has_value()) {
+      // The plain transform (fwht_): the kernels of fwht.cuh, one pass up to 2^15 (2^14 in
+      // float64), two above; in place too (a row tile, or pass 1, reads its whole row or
+      // chunk before anything of it is written).
+      TransformParams p = make_params(x_rows, n, scale);
+      p.m = pow2;
+      p.out_row_stride = out_rows.stride(0);
+      at::Tensor ws = workspace(cuda::transform_workspace_bytes<T>(p), x_rows);
+      C10_CUDA_CHECK(
+          cuda::launch_transform<T>(cptr<scalar_t>(x_rows), mptr<scalar_t>(out_rows), p, ws_ptr(ws), stream));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    if (!cuda::kn_single_pass<T>(K, pow2, n, cuda::kn_smem_limit())) {
+      out_rows.copy_(kn_composed(x_rows, hk, pow2, scale, pre, post));
+      return;
+    }
+    const at::Tensor pre_t = kn_signs(pre, acc, 1.0);
+    const at::Tensor post_t = kn_signs(post, acc, scale);
+    const at::Tensor hk_t = hk.has_value() ? hk->contiguous() : at::Tensor();
+    at::Tensor ws = workspace(cuda::kn_workspace_bytes(K), x_rows);
+    cuda::KnParams p{};
+    p.rows = x_rows.size(0);
+    p.n = n;
+    p.K = K;
+    p.pow2 = pow2;
+    p.x_row_stride = x_rows.stride(0);
+    p.out_row_stride = out_rows.stride(0);
+    p.scale = scale;
+    C10_CUDA_CHECK(cuda::launch_kn<T>(
+        cptr<scalar_t>(x_rows), mptr<scalar_t>(out_rows), hk_t.defined() ? hk_t.const_data_ptr<int8_t>() : nullptr,
+        pre_t.defined() ? pre_t.const_data_ptr<A>() : nullptr, post_t.defined() ? post_t.const_data_ptr<A>() : nullptr,
+        p, ws_ptr(ws), stream));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// (R, n) rows of x with unit column stride: a view where one exists, else a contiguous copy.
+at::Tensor kn_rows(const at::Tensor& x) {
+  at::Tensor rows = as_rows(x);
+  return rows.stride(1) == 1 || rows.size(1) <= 1 ? rows : rows.contiguous();
+}
+
+at::Tensor hadamard_transform_kn_cuda(const at::Tensor& x, const OptTensor& hk, int64_t pow2, double scale,
+                                      const OptTensor& pre_signs, const OptTensor& post_signs) {
+  constexpr const char* op = "hadamard_kernels::hadamard_transform_kn";
+  const int64_t K = check_kn_args(x, hk, pow2, pre_signs, post_signs, op);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  at::Tensor out_rows = out.view({-1, x.size(-1)});
+  kn_cuda(kn_rows(x), out_rows, hk, K, pow2, scale, pre_signs, post_signs);
+  return out;
+}
+
+void hadamard_transform_kn_inplace_cuda(at::Tensor& x, const OptTensor& hk, int64_t pow2, double scale,
+                                        const OptTensor& pre_signs, const OptTensor& post_signs) {
+  constexpr const char* op = "hadamard_kernels::hadamard_transform_kn_";
+  const int64_t K = check_kn_args(x, hk, pow2, pre_signs, post_signs, op);
+  check_inplace_target(x, op);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  if (x.numel() == 0) return;
+  at::Tensor rows = x.view({-1, x.size(-1)});
+  kn_cuda(rows, rows, hk, K, pow2, scale, pre_signs, post_signs);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hadamard_kernels, CUDA, m) {
   m.impl("hadamard_transform", &hadamard_transform_cuda);
   m.impl("classifier_forward", &classifier_forward_cuda);
   m.impl("classifier_backward", &classifier_backward_cuda);
+  m.impl("hadamard_transform_kn", &hadamard_transform_kn_cuda);
+  m.impl("hadamard_transform_kn_", &hadamard_transform_kn_inplace_cuda);
 }
 
 }  // namespace hadamard_kernels

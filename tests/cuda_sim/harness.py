@@ -105,6 +105,21 @@ def build(cuda_dir: Path = CSRC / "cuda", dtypes: tuple[torch.dtype, ...] = tupl
     return exe
 
 
+def build_mutants(mutations: dict[int, tuple[str, str, str]], workdir: Path) -> Path:
+    """The runner (float32 only) built from a copy of the kernels (in workdir) with every
+    mutation (file in csrc/cuda, exact text, replacement consulting hk_sim::mutant(id)) applied,
+    each switched on at run time by HK_SIM_MUTANT=id. The same mutations give the same
+    sources, hence the cached build."""
+    src = workdir / "csrc"
+    shutil.copytree(CSRC, src, ignore=shutil.ignore_patterns("*.cpp", "*.cu", "check", "cpu"))
+    for name, old, new in mutations.values():
+        text = (src / "cuda" / name).read_text()
+        if text.count(old) < 1:
+            raise ValueError(f"mutation target not found in {name}: {old!r}")
+        (src / "cuda" / name).write_text(text.replace(old, new, 1))
+    return build(src / "cuda", dtypes=(torch.float32,))
+
+
 @dataclasses.dataclass(frozen=True)
 class View:
     """A strided (rows, cols) view of ``storage`` (1-D, contiguous) starting at ``offset``."""
@@ -183,9 +198,7 @@ def run(
               "normalize": int(normalize), "eps": repr(float(eps)), "schedules": " ".join(schedules)}  # fmt: skip
 
         def put(key: str, t: torch.Tensor, offset: int = 0) -> None:
-            (d / f"{key}.bin").write_bytes(t.contiguous().view(torch.uint8).numpy().tobytes())
-            kv[f"{key}_file"] = f"{key}.bin"
-            kv[f"{key}_offset"] = offset
+            _put(d, kv, key, t, offset)
 
         put("x", x.storage, x.offset)
         kv["x_row_stride"], kv["x_col_stride"] = x.row_stride, x.col_stride
@@ -196,12 +209,61 @@ def run(
             put("bias", bias)
         if op != "transform":
             put("alpha", torch.tensor([alpha], dtype=acc))
-        (d / "request.txt").write_text("".join(f"{k} {v}\n" for k, v in kv.items()))
-        proc = subprocess.run([str(runner), str(d)], capture_output=True, text=True, env={**os.environ, **ENV, **(env or {})})
-        if proc.returncode != 0:
-            raise SimFailure(proc.returncode, proc.stderr)
-        cols = n_in if op == "backward" else n_out
-        y = _read(d / "y.bin", dtype).reshape(rows, cols)
-        contrib = _read(d / "contrib.bin", acc) if op == "backward" else None
-        launches = json.loads((d / "counters.json").read_text())
-    return Result(y, contrib, launches)
+        return _execute(d, kv, runner, env, dtype, rows, n_in if op == "backward" else n_out, acc if op == "backward" else None)
+
+
+def _execute(d: Path, kv: dict, runner: Path, env: dict[str, str] | None, dtype: torch.dtype, rows: int, cols: int,
+             contrib_dtype: torch.dtype | None) -> Result:  # fmt: skip
+    (d / "request.txt").write_text("".join(f"{k} {v}\n" for k, v in kv.items()))
+    proc = subprocess.run([str(runner), str(d)], capture_output=True, text=True, env={**os.environ, **ENV, **(env or {})})
+    if proc.returncode != 0:
+        raise SimFailure(proc.returncode, proc.stderr)
+    y = _read(d / "y.bin", dtype).reshape(rows, cols)
+    contrib = _read(d / "contrib.bin", contrib_dtype) if contrib_dtype is not None else None
+    return Result(y, contrib, json.loads((d / "counters.json").read_text()))
+
+
+def _put(d: Path, kv: dict, key: str, t: torch.Tensor, offset: int = 0) -> None:
+    (d / f"{key}.bin").write_bytes(t.contiguous().view(torch.uint8).numpy().tobytes())
+    kv[f"{key}_file"] = f"{key}.bin"
+    kv[f"{key}_offset"] = offset
+
+
+def run_kn(
+    *,
+    x: View,
+    rows: int,
+    n: int,
+    pow2: int,
+    schedules: list[str],
+    hk: torch.Tensor | None = None,
+    pre: torch.Tensor | None = None,
+    post: torch.Tensor | None = None,
+    scale: float = 1.0,
+    inplace: bool = False,
+    runner: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Result:
+    """Run launch_kn (csrc/cuda/orders.cuh) on the harness: y[r] = scale * post . [(H_K kron
+    H_pow2) @ pad(pre . x[r], K * pow2)][:n] for the (rows, n) view x (unit column stride).
+    hk: int8 (K, K) or None (K = 1); pre, post: (n,) in the accumulator dtype or None (post
+    with the scale already multiplied in, as the torch glue passes it); inplace: the output is
+    x's own storage (x contiguous), result.y its rows. Result.launches: the mask kernel (K > 1)
+    and the transform."""
+    dtype = x.storage.dtype
+    name, _, acc = DTYPES[dtype]
+    runner = runner or build()
+    K = 1 if hk is None else hk.shape[0]
+    with tempfile.TemporaryDirectory(prefix="cuda_sim-") as tmp:
+        d = Path(tmp)
+        kv = {"op": "kn", "dtype": name, "rows": rows, "in": n, "out": n, "scale": repr(float(scale)),
+              "normalize": 0, "eps": "1e-12", "schedules": " ".join(schedules), "K": K, "pow2": pow2,
+              "inplace": int(inplace), "x_row_stride": x.row_stride, "x_col_stride": x.col_stride}  # fmt: skip
+        _put(d, kv, "x", x.storage, x.offset)
+        if hk is not None:
+            _put(d, kv, "hk", hk.to(torch.int8))
+        for key, t in (("pre", pre), ("post", post)):
+            if t is not None:
+                _put(d, kv, key, t.to(acc))
+        result = _execute(d, kv, runner, env, dtype, rows, n, None)
+    return result

@@ -6,6 +6,7 @@
 
 #include "classifier.cuh"
 #include "fwht.cuh"
+#include "orders.cuh"
 
 namespace hk_sim {
 
@@ -44,12 +45,30 @@ static hadamard_kernels::TransformParams transform_params(const Request& r) {
   return p;
 }
 
+static hadamard_kernels::cuda::KnParams kn_params(const Request& r) {
+  hadamard_kernels::cuda::KnParams p{};
+  p.rows = r.rows;
+  p.n = r.in;
+  p.K = r.K;
+  p.pow2 = r.pow2;
+  p.x_row_stride = r.x_row_stride;
+  p.out_row_stride = r.inplace ? r.x_row_stride : r.in;
+  p.scale = r.scale;
+  return p;
+}
+
 size_t HK_SIM_CAT(workspace_bytes_, HK_SIM_TAG)(const Request& r) {
+  if (r.op == "kn") return cu::kn_workspace_bytes(r.K);
   if (r.op == "transform") return cu::transform_workspace_bytes<T>(transform_params(r));
   return cu::classifier_workspace_bytes<T>(classifier_params(r, r.op == "backward"), r.op == "backward");
 }
 
 cudaError_t HK_SIM_CAT(run_, HK_SIM_TAG)(const Request& r) {
+  if (r.op == "kn") {
+    return cu::launch_kn<T>(static_cast<const T*>(r.x), static_cast<T*>(r.y), static_cast<const int8_t*>(r.hk),
+                            static_cast<const A*>(r.pre), static_cast<const A*>(r.post), kn_params(r), r.workspace,
+                            nullptr);
+  }
   if (r.op == "transform") {
     return cu::launch_transform<T>(static_cast<const T*>(r.x), static_cast<T*>(r.y), transform_params(r),
                                    r.workspace, nullptr);

@@ -9,7 +9,7 @@
 namespace hk_sim {
 
 struct Request {
-  std::string op;     // "transform", "forward" or "backward"
+  std::string op;     // "transform", "forward", "backward" or "kn"
   std::string dtype;  // "float32", "float64", "float16" or "bfloat16"
   int64_t rows = 0;
   int64_t in = 0;   // transform: in_features; classifier: N
@@ -22,6 +22,13 @@ struct Request {
   const void* bias = nullptr;   // forward: (C,) or null
   const void* alpha = nullptr;  // classifier: device scalar in the accumulator type
   double scale = 1.0;
+  // kn: n = in = out entries per row, K (1: hk null), pow2; hk int8 K x K; pre / post: n
+  // accumulators or null (post with the scale multiplied in); inplace: y is x (contiguous).
+  int64_t K = 1, pow2 = 1;
+  const void* hk = nullptr;
+  const void* pre = nullptr;
+  const void* post = nullptr;
+  bool inplace = false;
   bool normalize = true;
   double eps = 1e-12;
   // Outputs: out (transform: rows x out; forward: rows x C; backward: grad_x rows x N),

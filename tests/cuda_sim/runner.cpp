@@ -128,13 +128,34 @@ int main(int argc, char** argv) {
     r.g_row_stride = std::stoll(get("g_row_stride"));
     r.g_col_stride = std::stoll(get("g_col_stride"));
   }
-  if (r.op != "transform") {
+  if (r.op == "forward" || r.op == "backward") {
     r.bias = device_input(kv, dir, "bias", elem);
     r.alpha = device_input(kv, dir, "alpha", acc);
   }
+  // In place (kn): the output is x's view (contiguous rows); x's bytes are restored before
+  // each schedule instead of poisoning the output.
+  std::vector<char> x_bytes;
+  char* x_base = nullptr;
+  if (r.op == "kn") {
+    r.K = std::stoll(get("K"));
+    r.pow2 = std::stoll(get("pow2"));
+    r.inplace = get("inplace") == "1";
+    r.hk = device_input(kv, dir, "hk", 1);
+    r.pre = device_input(kv, dir, "pre", acc);
+    r.post = device_input(kv, dir, "post", acc);
+    if (r.inplace) {
+      x_bytes = read_file(dir + "/" + get("x_file"));
+      x_base = static_cast<char*>(const_cast<void*>(r.x)) - std::stoll(get("x_offset")) * static_cast<long long>(elem);
+    }
+  }
   const int64_t y_cols = r.op == "backward" ? r.in : r.out;
   const size_t y_bytes = static_cast<size_t>(r.rows * y_cols) * elem;
-  r.y = hk_sim::device_alloc(y_bytes, "out");
+  if (r.inplace) {
+    if (r.x_row_stride != r.in || r.x_col_stride != 1) die(2, "in place needs contiguous rows");
+    r.y = const_cast<void*>(r.x);
+  } else {
+    r.y = hk_sim::device_alloc(y_bytes, "out");
+  }
   const size_t contrib_bytes = r.op == "backward" ? static_cast<size_t>(r.rows) * acc : 0;
   if (contrib_bytes > 0) r.contrib = hk_sim::device_alloc(contrib_bytes, "contrib");
   const size_t ws_bytes = hk_sim::workspace_bytes(r);
@@ -162,7 +183,11 @@ int main(int argc, char** argv) {
     s.max_grid = c2 == std::string::npos ? 0 : static_cast<unsigned>(std::stoul(token.substr(c2 + 1)));
     s.count = first;  // the counters of the first schedule are reported
     hk_sim::set_schedule(s);
-    hk_sim::poison(r.y);
+    if (r.inplace) {
+      if (!x_bytes.empty()) std::memcpy(x_base, x_bytes.data(), x_bytes.size());
+    } else {
+      hk_sim::poison(r.y);
+    }
     if (r.contrib) hk_sim::poison(r.contrib);
     if (r.workspace) hk_sim::poison(r.workspace);
     hk_sim::clear_launches();

@@ -1,11 +1,13 @@
-"""Write the committed table of the CPU-run CUDA harness's memory counters:
+"""Write the committed tables of the CPU-run CUDA harness's memory counters:
 
     .venv/bin/python tests/cuda_sim/table.py
 
 Runs the rows of tests/test_cuda_sim.py's coverage that are contiguous with in = out = 2^L
 (one schedule: the counters do not depend on it) and writes
-benchmarks/results/cuda-sim-counters.{json,md}. test_committed_counter_table_is_current
-fails when the kernels no longer give these numbers.
+benchmarks/results/cuda-sim-counters.{json,md}; likewise the contiguous out-of-place cases of
+tests/test_cuda_sim_orders.py (the K * 2^k kernel) into cuda-sim-counters-kn.{json,md}. The
+tests' test_committed_counter_table_is_current fail when the kernels no longer give these
+numbers.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import test_cuda_sim as T  # noqa: E402
+import test_cuda_sim_orders as O  # noqa: E402
 
 from cuda_sim import harness as H  # noqa: E402
 
@@ -75,6 +78,47 @@ def main() -> None:
         )
     T.COUNTERS.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {T.COUNTERS} and .md: {len(rows)} launches")
+    kn_table(runner, commit, meta)
+
+
+def kn_table(runner, commit: str, meta: dict) -> None:
+    todo = [c for c in O.CASES + O.GATE if O._table_case(c)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = {o.case.id: o for o in pool.map(lambda c: O.run_case(c, runner), todo)}
+    bad = [o.case.id for o in outcomes.values() if o.error]
+    if bad:
+        raise SystemExit(f"failed: {bad}")
+    rows = O.counter_rows(outcomes)
+    O.COUNTERS.write_text(json.dumps({"meta": meta, "launches": rows}, indent=1) + "\n")
+    lines = [
+        "# Memory counters of the K * 2^k CUDA kernel, from the CPU-run harness",
+        "",
+        f"Commit {commit}, {meta['date']}; `python tests/cuda_sim/table.py` (tests/cuda_sim/README.md says what",
+        "each counter means). The contiguous out-of-place cases of tests/test_cuda_sim_orders.py; each",
+        "K > 1 case is two launches, the H_K mask kernel and the transform. x read / y written: bytes",
+        "requested / the tensor's bytes (1.00 = one pass); other reads: distinct bytes of the sign",
+        "vectors, H_K and its masks (read by every block; the masks by every lane at once); coalescing of x loads / y stores (fewest 32-byte sectors / sectors touched;",
+        "below 100% where n or the chunks are not sector multiples); shared: fewest wavefronts /",
+        "wavefronts (100% = no bank conflict).",
+        "",
+        "| case | kernel | grid x block | smem B | x read | y written | other reads (distinct) B | x loads | y stores | shared |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        size = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}[r["dtype"]]
+        tensor = r["rows"] * r["n"] * size
+        bufs = r["buffers"]
+        x, y = bufs.get("x", {}), bufs.get("out", {})
+        other = sum(b["read_unique"] for k, b in bufs.items() if k not in ("x", "out"))
+        lines.append(
+            f"| {r['case']} | `{r['kernel']}` | {r['grid']} x {r['block']} | {r['dynamic_smem']} | "
+            f"{x.get('read', 0) / tensor:.2f} | {y.get('written', 0) / tensor:.2f} | {other} | "
+            f"{pct(x.get('load_sectors_ideal', 0), x.get('load_sectors', 0))} | "
+            f"{pct(y.get('store_sectors_ideal', 0), y.get('store_sectors', 0))} | "
+            f"{pct(r['shared_wavefronts_ideal'], r['shared_wavefronts'])} |"
+        )
+    O.COUNTERS.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {O.COUNTERS} and .md: {len(rows)} launches")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 
 #include "../classifier.cuh"
 #include "../fwht.cuh"
+#include "../orders.cuh"
 
 namespace hadamard_kernels {
 namespace cuda {
@@ -22,7 +23,9 @@ namespace cuda {
                                                     const ClassifierParams&, void*, cudaStream_t);     \
   template cudaError_t launch_classifier_backward<T>(const T*, const T*, int64_t, int64_t,             \
                                                      const acc_of<T>*, T*, acc_of<T>*,                 \
-                                                     const ClassifierParams&, void*, cudaStream_t);
+                                                     const ClassifierParams&, void*, cudaStream_t);     \
+  template cudaError_t launch_kn<T>(const T*, T*, const int8_t*, const acc_of<T>*, const acc_of<T>*,          \
+                                    const KnParams&, void*, cudaStream_t);
 
 HADAMARD_KERNELS_INSTANTIATE(float)
 HADAMARD_KERNELS_INSTANTIATE(double)
@@ -57,6 +60,29 @@ HADAMARD_KERNELS_MANIFEST(__half, f16)
 HADAMARD_KERNELS_MANIFEST(__nv_bfloat16, bf16)
 
 #undef HADAMARD_KERNELS_MANIFEST
+
+// The same for kn_transform_kernel<T, L> (orders.cuh), which launches with RowTile<T, L>::THREADS
+// threads and a row buffer whose size depends on the call: listed at max(the K = 1 exchange
+// buffer, the kKnTargetSmemBytes that a block of K > 1 rows aims at). A block whose one row
+// needs more (a row of over 113 KB of accumulators: float32 rows above 28 * 2^10 entries)
+// runs one block per SM instead (docs/DESIGN.md).
+template <typename T, int... Ls>
+constexpr TileManifest<sizeof...(Ls)> kn_manifest(std::integer_sequence<int, Ls...>) {
+  return {{{Ls, RowTile<T, Ls>::THREADS,
+            static_cast<int>(RowTile<T, Ls>::kExchangeElems * sizeof(acc_of<T>) > kKnTargetSmemBytes
+                                 ? RowTile<T, Ls>::kExchangeElems * sizeof(acc_of<T>)
+                                 : kKnTargetSmemBytes)}...}};
+}
+
+#define HADAMARD_KERNELS_KN_MANIFEST(T, NAME) \
+  __device__ TileManifest<max_single_pass_log2<T>() + 1> hk_kn_tiles_##NAME = kn_manifest<T>(SinglePassLs<T>{});
+
+HADAMARD_KERNELS_KN_MANIFEST(float, f32)
+HADAMARD_KERNELS_KN_MANIFEST(double, f64)
+HADAMARD_KERNELS_KN_MANIFEST(__half, f16)
+HADAMARD_KERNELS_KN_MANIFEST(__nv_bfloat16, bf16)
+
+#undef HADAMARD_KERNELS_KN_MANIFEST
 
 }  // namespace cuda
 }  // namespace hadamard_kernels

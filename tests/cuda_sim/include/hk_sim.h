@@ -132,6 +132,9 @@ enum cudaError_t {
 enum cudaFuncAttribute {
   cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
 };
+enum cudaDeviceAttr {
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
+};
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
 
@@ -189,6 +192,12 @@ T shfl(ShflKind kind, unsigned mask, T var, int arg, int width) {
 inline cudaError_t cudaGetLastError() { return hk_sim::get_last_error(); }
 inline cudaError_t cudaGetDevice(int* dev) {
   *dev = 0;
+  return cudaSuccess;
+}
+// The simulated device is an sm_90: 227 KB of dynamic shared memory per block.
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return cudaErrorInvalidValue;
+  *value = 227 * 1024;
   return cudaSuccess;
 }
 template <typename K>
