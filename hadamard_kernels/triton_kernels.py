@@ -493,13 +493,13 @@ def _quantize_store(y, out, mask, a, r, r_ok, n, pow2, scales_ptr, groups, QUANT
         qmax: tl.constexpr = 448.0
     else:
         qmax: tl.constexpr = 57344.0
+    # |y| of the columns of the row (0 elsewhere); its group maxima keep NaN, so a group with
+    # a NaN gets amax = NaN and s = NaN (a separate NaN flag block spilled on sm_90).
     mag = tl.where(mask, tl.abs(y), 0.0)
-    bad = tl.where(mask & (y != y), 1, 0)
     if GS > 0:  # NG groups of GS columns in each chunk
         NG: tl.constexpr = P // GS
-        amax = tl.max(tl.reshape(mag, (KB, ROWS, NG, GS)), axis=3)
-        nan = tl.max(tl.reshape(bad, (KB, ROWS, NG, GS)), axis=3) > 0
-        s = _group_scale(amax, nan, qmax)
+        amax = tl.reduce(tl.reshape(mag, (KB, ROWS, NG, GS)), 3, _nan_max)
+        s = _div(amax, tl.full(amax.shape, qmax, amax.dtype)).to(tl.float32)
         j = tl.arange(0, NG)
         start = a[:, None] * pow2 + j[None, :] * GS  # first column of each group, [KB, NG]
         s_ok = (j * GS < pow2)[None, :] & (start < n)
@@ -508,9 +508,8 @@ def _quantize_store(y, out, mask, a, r, r_ok, n, pow2, scales_ptr, groups, QUANT
         s = tl.reshape(tl.broadcast_to(s[:, :, :, None], (KB, ROWS, NG, GS)), (KB, ROWS, P))
     else:  # NG groups of GM whole chunks
         NG: tl.constexpr = KB // GM
-        amax = tl.max(tl.max(tl.reshape(mag, (NG, GM, ROWS, P)), axis=3), axis=1)
-        nan = tl.max(tl.max(tl.reshape(bad, (NG, GM, ROWS, P)), axis=3), axis=1) > 0
-        s = _group_scale(amax, nan, qmax)
+        amax = tl.reduce(tl.reduce(tl.reshape(mag, (NG, GM, ROWS, P)), 3, _nan_max), 1, _nan_max)
+        s = _div(amax, tl.full(amax.shape, qmax, amax.dtype)).to(tl.float32)
         j = tl.arange(0, NG)
         tl.store(scales_ptr + r[None, :] * groups + j[:, None], s, mask=(j < groups)[:, None] & r_ok[None, :])
         s = tl.reshape(tl.broadcast_to(s[:, None, :, None], (NG, GM, ROWS, P)), (KB, ROWS, P))
@@ -527,10 +526,9 @@ def _quantize_store(y, out, mask, a, r, r_ok, n, pow2, scales_ptr, groups, QUANT
 
 
 @triton.jit
-def _group_scale(amax, nan, qmax: tl.constexpr):
-    """float32(amax / qmax), NaN where the group has a NaN (csrc/cpu/quantize.h)."""
-    s = _div(amax, tl.full(amax.shape, qmax, amax.dtype)).to(tl.float32)
-    return tl.where(nan, tl.full(amax.shape, 0x7FC00000, tl.int32).to(tl.float32, bitcast=True), s)
+def _nan_max(a, b):
+    # max that returns NaN if either is NaN (IEEE maxNum, Triton's default, drops it)
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
