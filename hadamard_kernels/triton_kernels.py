@@ -436,9 +436,11 @@ def _classifier_backward_kernel(
 #
 # with y / s in ACC, and encode the int8 round-half-to-even (NaN -> 0), or the float8 bits of
 # torch's (c10's) round-to-nearest-even conversion from float32 (NaN -> 0x7f | sign), computed
-# with integer operations: Triton 3.9's interpreter converts float32 to fp8 by truncating
-# the mantissa and adding its first cut-off bit (ties away from zero, no carry into the
-# exponent, NaN -> a finite code), and on GPUs the native conversion needs sm_89+ (cvt.rn).
+# with integer operations, the same on every GPU and in the interpreter: Triton 3.9's
+# interpreter converts float32 to fp8 by truncating the mantissa and adding its first cut-off
+# bit (ties away from zero: 1.0625 -> 1.125; the carry does not reach the exponent: 1.9375 ->
+# 1.0; NaN -> 384 in e4m3fn), and what ``.to(tl.float8e4nv)`` compiles to depends on the
+# GPU architecture. A few integer operations a value in a memory-bound kernel.
 
 
 @triton.jit
