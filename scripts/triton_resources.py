@@ -133,12 +133,13 @@ ALLOW_LIST: list[tuple[str, tuple[str, ...], int, str]] = [
     ("quantize", ("float32", "float16", "bfloat16"), 2**14,
      "the transform_kn block (KB * P = 2^14 or 2^15 values: 16 or 32 a thread in 32 warps) plus the "
      "quantising epilogue, which holds |y| and the group scales broadcast over the block beside y until the "
-     "codes are stored: ptxas spills 44-470 bytes a thread (CI set, after folding the NaN flags into a "
-     "NaN-propagating max). Blocks up to 2^13 do not spill. num_warps is at its limit; less would mean a "
-     "second pass over the row. Not measured on a GPU."),
+     "codes are stored: ptxas spills (stores + loads) 172-292 bytes a thread at 2^14 values, 52-1568 at "
+     "2^15 (table set; the NaN flags are already folded into a NaN-propagating max). Blocks up to 2^13 do "
+     "not spill. num_warps is at its limit; less would mean a second pass over the row. Not measured on a "
+     "GPU."),
     ("quantize", ("float64",), 2**13,
-     "as for the 32-bit types, with twice the registers a value: 8-48 bytes a thread at 2^13 values (some "
-     "shapes), 110-2940 at 2^14-2^15. Not measured on a GPU."),
+     "as for the 32-bit types, with twice the registers a value: 24-92 bytes a thread at 2^13 values (5 "
+     "shapes), 232-1060 at 2^14, 1800-6188 at 2^15. Not measured on a GPU."),
 ]
 
 
