@@ -22,9 +22,16 @@ exact value lies within the transform's rounding error of a code boundary may be
 neighbour, and a scale may differ in its last bit.
 
 Not differentiable (rounding has a zero derivative almost everywhere): a call with x that
-requires grad under grad mode raises. Backends: "cpu" (C++ op
-``hadamard_kernels::hadamard_quantize``, csrc/quantize.cpp) and "reference"; the Triton and
-CUDA kernels are not written yet ("auto" takes the reference off the CPU).
+requires grad under grad mode raises. Backends, "auto" taking the first that runs:
+
+* "cuda" / "cpu": the C++ op ``hadamard_kernels::hadamard_quantize`` where the extension
+  registers it for x's device (csrc/quantize.cpp: CPU; no CUDA kernel is written yet);
+* "triton": ``hadamard_kernels::hadamard_quantize_triton`` (triton_kernels.py), the K * 2^k
+  Triton kernel with a quantising epilogue; groups must be the row or a power of two (others
+  straddle the kernel's chunks: "auto" then takes the reference), rows within the Triton
+  transform's register limit. Tested under the Triton interpreter only (no GPU run yet). On
+  the CPU, where it means the interpreter, "auto" prefers "cpu";
+* "reference": ``reference.fwht_quantize_reference`` (float64 transform), any device.
 """
 
 from __future__ import annotations
@@ -34,9 +41,9 @@ import numbers
 import torch
 
 from . import reference
-from .ops import _check_input, _check_scale
+from .ops import _check_input, _check_scale, available_backends
 from .reference import QUANT_MAX
-from .transforms import _check_signs, _hk, _split
+from .transforms import _check_signs, _hk_for, _split
 
 __all__ = ["fwht_quantize", "dequantize", "QUANT_DTYPES"]
 
@@ -47,6 +54,32 @@ _QUANTIZE_DEVICES: frozenset[str] = frozenset(
     for key in ("CPU", "CUDA")
     if torch._C._dispatch_has_kernel_for_dispatch_key("hadamard_kernels::hadamard_quantize", key)
 )
+
+
+def _backends(device: torch.device) -> tuple[str, ...]:
+    """The backends of fwht_quantize on ``device``, fastest first: ``available_backends``'s,
+    less "cpu" / "cuda" where the extension has no hadamard_quantize kernel for that device
+    (a CUDA kernel plugs in by registering one: _QUANTIZE_DEVICES)."""
+    return tuple(b for b in available_backends(device) if b not in ("cpu", "cuda") or b.upper() in _QUANTIZE_DEVICES)
+
+
+def _resolve(backend: str, x: torch.Tensor, n: int, K: int, p: int, g: int, op: str) -> str:
+    if backend not in ("auto", "cuda", "triton", "cpu", "reference"):
+        raise ValueError(f"{op}: backend must be 'auto', 'cuda', 'triton', 'cpu' or 'reference', got {backend!r}")
+    usable = _backends(x.device)
+    if backend == "auto":
+        for name in usable:
+            if name != "triton":
+                return name
+            from . import triton_kernels  # imported already: "triton" is registered
+
+            if triton_kernels.quantize_supported(n, K, p, g):
+                return name
+    if backend not in usable:
+        raise RuntimeError(
+            f"{op}: backend {backend!r} is not available for a tensor on {x.device}; available there: {usable}"
+        )
+    return backend
 
 
 def _check_group(group_size: object, n: int, op: str) -> int:
@@ -81,7 +114,7 @@ def fwht_quantize(
             group of that many consecutive outputs).
         signs: None or a +-1 vector of shape (n,) (``random_signs``): the randomised transform.
         K, family: the order's split and matrix family, as ``hadamard_transform_order``.
-        backend: "auto", "cpu" or "reference".
+        backend: "auto", "cuda", "triton", "cpu" or "reference" (module docstring).
 
     Returns q (x's shape, ``dtype``, contiguous) and scales (float32, shape
     x.shape[:-1] + (n // group_size,), or (..., 1) per row). ``dequantize(q, scales)``
@@ -102,17 +135,16 @@ def fwht_quantize(
         raise RuntimeError(
             f"{op} is not differentiable (its codes are rounded): pass x.detach() or call it under torch.no_grad()"
         )
-    if backend not in ("auto", "cpu", "reference"):
-        raise ValueError(f"{op}: backend must be 'auto', 'cpu' or 'reference', got {backend!r}")
-    cpu_ok = x.device.type == "cpu" and "CPU" in _QUANTIZE_DEVICES
-    if backend == "cpu" and not cpu_ok:
-        raise RuntimeError(f"{op}: backend 'cpu' is not available for a tensor on {x.device}")
-    if backend == "reference" or not cpu_ok:
+    name = _resolve(backend, x, n, K, p, g, op)
+    if name == "reference":
         return reference.fwht_quantize_reference(
             x, scale, dtype=dtype, group_size=group_size, signs=signs, K=K, family=family
         )
-    return torch.ops.hadamard_kernels.hadamard_quantize.default(x, _hk(family, K, False, x.device), p, scale, signs,
-                                                                dtype, g)
+    if name == "triton":
+        quantize_op = torch.ops.hadamard_kernels.hadamard_quantize_triton.default
+    else:
+        quantize_op = torch.ops.hadamard_kernels.hadamard_quantize.default
+    return quantize_op(x, _hk_for(name, family, K, False, x.device), p, scale, signs, dtype, g)
 
 
 def dequantize(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

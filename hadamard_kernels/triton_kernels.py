@@ -425,6 +425,114 @@ def _classifier_backward_kernel(
 # which cannot launch; the loop keeps only the accumulator and one chunk in registers.
 
 
+# The quantising epilogue of _transform_kn_kernel (QUANT > 0; hadamard_quantize_triton): the
+# symmetric absmax quantisation of csrc/cpu/quantize.h, from the registers that hold y, so x
+# is read once and the codes and scales written once. y is a [KB, ROWS, P] block, output
+# column a * pow2 + b in chunk a; groups of GS consecutive columns lie inside a chunk (GS a
+# power of two dividing pow2), or are GM whole chunks (GM = KB: the row). Per group:
+#
+#   amax = max |y| (NaN if the group has one)       s = float32(amax / qmax) (IEEE division)
+#   q = encode(clamp(y / s, -qmax, qmax))             q = 0 where s == 0 (an all-zero group)
+#
+# with y / s in ACC, and encode the int8 round-half-to-even (NaN -> 0), or the float8 bits of
+# torch's (c10's) round-to-nearest-even conversion from float32 (NaN -> 0x7f | sign), computed
+# with integer operations, the same on every GPU and in the interpreter: Triton 3.9's
+# interpreter converts float32 to fp8 by truncating the mantissa and adding its first cut-off
+# bit (ties away from zero: 1.0625 -> 1.125; the carry does not reach the exponent: 1.9375 ->
+# 1.0; NaN -> 384 in e4m3fn), and what ``.to(tl.float8e4nv)`` compiles to depends on the
+# GPU architecture. A few integer operations a value in a memory-bound kernel.
+
+
+@triton.jit
+def _rint(v):
+    # Round half to even for |v| < 2^22 (fp32) / 2^51 (fp64): adding and subtracting 1.5 * 2^23
+    # (1.5 * 2^52) rounds v to an integer in the default rounding mode; NaN stays NaN.
+    if v.dtype == tl.float64:
+        return (v + 6755399441055744.0) - 6755399441055744.0
+    else:
+        return (v + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def _fp8_bits(f, QUANT: tl.constexpr):
+    """The float8 bits (int8) of float32 values f with |f| <= the format's maximum, or NaN:
+    float8_e4m3fn (QUANT 2: 3 mantissa bits, bias 7) or float8_e5m2 (QUANT 3: 2, bias 15),
+    rounded to nearest even like c10::Float8_e4m3fn / Float8_e5m2 (torch's .to())."""
+    if QUANT == 2:
+        M: tl.constexpr = 3
+        BIAS: tl.constexpr = 7
+        SUB: tl.constexpr = 512.0  # 2^(M - emin), emin = 1 - BIAS: subnormal codes count 2^-9
+    else:
+        M: tl.constexpr = 2
+        BIAS: tl.constexpr = 15
+        SUB: tl.constexpr = 65536.0  # subnormal codes count 2^-16
+    SHIFT: tl.constexpr = 23 - M
+    u = f.to(tl.int32, bitcast=True)
+    sign = (u >> 31) & 1
+    a = u & 0x7FFFFFFF
+    # Normal: round the float32 mantissa to M bits (carry into the exponent), rebias.
+    normal = ((a + ((1 << (SHIFT - 1)) - 1) + ((a >> SHIFT) & 1)) >> SHIFT) - ((127 - BIAS) << M)
+    # Subnormal (|f| < 2^emin): the count of quanta, rounded half to even (exact scaling).
+    small = a < ((128 - BIAS) << 23)
+    sub = _rint(tl.abs(tl.where(small, f, 0.0)) * SUB).to(tl.int32)  # (no int cast of big or NaN values)
+    code = tl.where(small, sub, normal)
+    code = tl.where(a > 0x7F800000, 0x7F, code)
+    return (code | (sign << 7)).to(tl.int8)
+
+
+@triton.jit
+def _quantize_store(y, out, mask, a, r, r_ok, n, pow2, scales_ptr, groups, QUANT: tl.constexpr, GS: tl.constexpr,
+                    GM: tl.constexpr):
+    """Quantise the [KB, ROWS, P] block y (ACC) of chunks a (arange(KB)) of rows r (r_ok:
+    the rows that exist) and store its codes at out (int8 pointers, masked by mask: the
+    columns < n of real rows) and its scales at scales_ptr + r * groups + group."""
+    KB: tl.constexpr = y.shape[0]
+    ROWS: tl.constexpr = y.shape[1]
+    P: tl.constexpr = y.shape[2]
+    if QUANT == 1:
+        qmax: tl.constexpr = 127.0
+    elif QUANT == 2:
+        qmax: tl.constexpr = 448.0
+    else:
+        qmax: tl.constexpr = 57344.0
+    # |y| of the columns of the row (0 elsewhere); its group maxima keep NaN, so a group with
+    # a NaN gets amax = NaN and s = NaN (a separate NaN flag block spilled on sm_90).
+    mag = tl.where(mask, tl.abs(y), 0.0)
+    if GS > 0:  # NG groups of GS columns in each chunk
+        NG: tl.constexpr = P // GS
+        amax = tl.reduce(tl.reshape(mag, (KB, ROWS, NG, GS)), 3, _nan_max)
+        s = _div(amax, tl.full(amax.shape, qmax, amax.dtype)).to(tl.float32)
+        j = tl.arange(0, NG)
+        start = a[:, None] * pow2 + j[None, :] * GS  # first column of each group, [KB, NG]
+        s_ok = (j * GS < pow2)[None, :] & (start < n)
+        s_ptr = scales_ptr + r[None, :, None] * groups + (start // GS)[:, None, :]
+        tl.store(s_ptr, s, mask=s_ok[:, None, :] & r_ok[None, :, None])
+        s = tl.reshape(tl.broadcast_to(s[:, :, :, None], (KB, ROWS, NG, GS)), (KB, ROWS, P))
+    else:  # NG groups of GM whole chunks
+        NG: tl.constexpr = KB // GM
+        amax = tl.reduce(tl.reduce(tl.reshape(mag, (NG, GM, ROWS, P)), 3, _nan_max), 1, _nan_max)
+        s = _div(amax, tl.full(amax.shape, qmax, amax.dtype)).to(tl.float32)
+        j = tl.arange(0, NG)
+        tl.store(scales_ptr + r[None, :] * groups + j[:, None], s, mask=(j < groups)[:, None] & r_ok[None, :])
+        s = tl.reshape(tl.broadcast_to(s[:, None, :, None], (NG, GM, ROWS, P)), (KB, ROWS, P))
+    s = s.to(y.dtype)
+    zero = s == 0.0
+    v = tl.where(zero, 0.0, _div(y, tl.where(zero, 1.0, s)))
+    v = tl.where(v < -qmax, -qmax, tl.where(v > qmax, qmax, v))  # NaN passes through
+    if QUANT == 1:
+        v = _rint(v)
+        code = tl.where(v != v, 0.0, v).to(tl.int8)
+    else:
+        code = _fp8_bits(v.to(tl.float32), QUANT)
+    tl.store(out, code, mask=mask)
+
+
+@triton.jit
+def _nan_max(a, b):
+    # max that returns NaN if either is NaN (IEEE maxNum, Triton's default, drops it)
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
 @triton.jit
 def _transform_kn_kernel(
     x_ptr,  # *T: input rows (rows, n), any strides
@@ -444,6 +552,8 @@ def _transform_kn_kernel(
     hk_col_stride,  # elements between columns of H_K
     pre_stride,  # elements between consecutive pre factors
     post_stride,  # elements between consecutive post factors
+    scales_ptr,  # *fp32: QUANT only, (rows, groups) scales, contiguous; else any pointer
+    groups,  # QUANT only: groups per row, n // group_size
     HAS_HK: tl.constexpr,  # K > 1 (else the chunk is the row: the power-of-two transform)
     HAS_PRE: tl.constexpr,  # multiply by the pre factors
     HAS_POST: tl.constexpr,  # multiply by the post factors
@@ -451,6 +561,9 @@ def _transform_kn_kernel(
     ROWS: tl.constexpr,  # rows per program (power of two)
     KB: tl.constexpr,  # output chunks per row held: next_pow2(used) with HAS_HK, else 1
     P: tl.constexpr,  # chunk width in registers: max(16, pow2); columns >= pow2 are zero
+    QUANT: tl.constexpr = 0,  # 0: store y; 1, 2, 3: quantise y to int8, e4m3fn, e5m2 codes (out_ptr: *int8)
+    GS: tl.constexpr = 0,  # QUANT: group width, a power of two <= pow2 (groups inside a chunk), or 0
+    GM: tl.constexpr = 1,  # QUANT with GS = 0: chunks per group, a power of two <= KB (KB: per row)
 ):
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_ok = (r < rows)[:, None]
@@ -479,7 +592,11 @@ def _transform_kn_kernel(
             y = y * tl.load(post_ptr + col.to(tl.int64) * post_stride, mask=col_ok, other=0.0).to(ACC)
         # In place (out_ptr == x_ptr) this is safe: the loop has read every chunk of the rows.
         out = (out_ptr + r * out_row_stride)[None, :, None] + col
-        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=row_ok[None, :, :] & col_ok)
+        if QUANT:
+            _quantize_store(y, out, row_ok[None, :, :] & col_ok, a, r, r < rows, n, pow2, scales_ptr, groups,
+                            QUANT, GS, GM)
+        else:
+            tl.store(out, y.to(out_ptr.dtype.element_ty), mask=row_ok[None, :, :] & col_ok)
     else:
         c = b.to(tl.int64)
         c_ok = b_ok & (c < n)
@@ -490,7 +607,12 @@ def _transform_kn_kernel(
         y = fwht_block(x) * _scalar(scale_hi, scale_lo, ACC)
         if HAS_POST:
             y = y * tl.load(post_ptr + c * post_stride, mask=c_ok, other=0.0).to(ACC)[None, :]
-        tl.store(out_ptr + r[:, None] * out_row_stride + c[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+        out = out_ptr + r[:, None] * out_row_stride + c[None, :]
+        if QUANT:  # the row as one chunk: a [1, ROWS, P] block
+            _quantize_store(y[None, :, :], out[None, :, :], mask[None, :, :], tl.arange(0, 1), r, r < rows, n,
+                            pow2, scales_ptr, groups, QUANT, GS, GM)
+        else:
+            tl.store(out, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------
@@ -965,9 +1087,10 @@ def _check_kn_inplace(x: torch.Tensor, op: str) -> None:
     )
 
 
-def _launch_kn(x_rows, out_rows, K, hk, pow2, scale, pre, post, op) -> None:
+def _launch_kn(x_rows, out_rows, K, hk, pow2, scale, pre, post, op, scales=None, quant=0, gs=0, gm=1) -> None:
     """Transform the (rows, n) view x_rows into out_rows ((rows, n), entries contiguous; may
-    be x_rows itself when it is contiguous)."""
+    be x_rows itself when it is contiguous). With quant > 0 (_quantize_store), out_rows is
+    the int8 view of the codes and scales the contiguous (rows, groups) float32 scales."""
     rows, n = x_rows.shape
     kb, p, per_program, warps = kn_config(n, K, pow2)
     if hk is not None and hk.stride(0) != 1:
@@ -986,8 +1109,9 @@ def _launch_kn(x_rows, out_rows, K, hk, pow2, scale, pre, post, op) -> None:
             x_rows.stride(0), x_rows.stride(1), out_rows.stride(0),
             0 if hk is None else hk.stride(0), 0 if hk is None else hk.stride(1),
             0 if pre is None else pre.stride(0), 0 if post is None else post.stride(0),
+            dummy if scales is None else scales, 0 if scales is None else scales.shape[1],
             HAS_HK=hk is not None, HAS_PRE=pre is not None, HAS_POST=post is not None,
-            ACC=_acc(x_rows.dtype), ROWS=per_program, KB=kb, P=p, num_warps=warps,
+            ACC=_acc(x_rows.dtype), ROWS=per_program, KB=kb, P=p, QUANT=quant, GS=gs, GM=gm, num_warps=warps,
         )  # fmt: skip
 
 
@@ -1094,6 +1218,112 @@ def _kn_inplace_autograd(x, hk, pow2, scale, pre_signs, post_signs):
 
 _LIB = torch.library.Library("hadamard_kernels", "FRAGMENT")
 _LIB.impl("hadamard_transform_kn_triton_", _kn_inplace_autograd, "Autograd")
+
+
+# ---------------------------------------------------------------------------------------
+# Fused rotate-and-quantise (the Triton twin of csrc/quantize.cpp; public function and
+# backend choice in quantize.py): _transform_kn_kernel with its quantising epilogue.
+
+_QUANT = "hadamard_kernels::hadamard_quantize_triton"
+_QUANT_CODES = {torch.int8: 1, torch.float8_e4m3fn: 2, torch.float8_e5m2: 3}
+
+
+def _quant_groups(n: int, K: int, pow2: int, group_size: int) -> tuple[int, int, int]:
+    """(g, GS, GM) of the epilogue for groups of g = group_size (0: n) values: GS = g when
+    the groups lie inside the chunks of pow2 (g a power of two <= pow2), else GM = g / pow2
+    chunks (the whole row: GM = KB). Other groups (g not a power of two, less than the row)
+    straddle chunks irregularly: GS = GM = 0, which the op refuses."""
+    g = n if group_size == 0 else group_size
+    kb, _ = _kn_block(n, K, pow2)
+    if g == n:
+        return g, 0, kb
+    if g & (g - 1) == 0:
+        return (g, g, 1) if g <= pow2 else (g, 0, g // pow2)
+    return g, 0, 0
+
+
+def quantize_supported(n: int, K: int, pow2: int, group_size: int) -> bool:
+    """Whether hadamard_quantize_triton takes groups of group_size (0: the row) of n =
+    K * pow2 values: the row or a power of two, and a row block within _check_kn_size's limit
+    (quantize.py's "auto" takes the reference otherwise)."""
+    _, gs, gm = _quant_groups(n, K, pow2, group_size)
+    kb, p = _kn_block(n, K, pow2)
+    return (gs > 0 or gm > 0) and kb * p <= MAX_TRITON_FEATURES
+
+
+def _check_quant(x, hk, pow2, pre_signs, dtype, group_size, op: str) -> tuple[int, int]:
+    """csrc/checks.h's check_kn_args and check_quantize_args, plus the Triton limits; returns (K, g)."""
+    K = _check_kn(x, hk, pow2, pre_signs, None, op)
+    torch._check_type(
+        dtype in _QUANT_CODES, lambda: f"{op}: dtype must be int8, float8_e4m3fn or float8_e5m2, got {dtype}"
+    )
+    n = x.shape[-1]
+    torch._check_value(n >= 1, lambda: f"{op}: x must have at least one feature to quantise")
+    torch._check_value(
+        group_size >= 0, lambda: f"{op}: group_size must be >= 0 (0: one group a row), got {group_size}"
+    )
+    g = n if group_size == 0 else group_size
+    torch._check_value(n % g == 0, lambda: f"{op}: group_size {g} does not divide n = {n}")
+    _, gs, gm = _quant_groups(n, K, pow2, group_size)
+    torch._check_value(
+        gs > 0 or gm > 0,
+        lambda: (
+            f"{op}: group_size {g} is neither the row (n = {n}) nor a power of two; the Triton kernel "
+            f"quantises groups inside its power-of-two chunks only; use backend='cpu' or 'reference'"
+        ),
+    )
+    return K, g
+
+
+@torch.library.custom_op(_QUANT, mutates_args=())
+def hadamard_quantize_triton(
+    x: torch.Tensor,
+    hk: Optional[torch.Tensor],
+    pow2: int,
+    scale: float,
+    pre_signs: Optional[torch.Tensor],
+    dtype: torch.dtype,
+    group_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``hadamard_transform_kn_triton(x, hk, pow2, scale, pre_signs, None)`` quantised per
+    group of group_size consecutive outputs (0: per row) to ``dtype`` codes and float32
+    scales, in one kernel: the twin of ``hadamard_kernels::hadamard_quantize`` (formulas in
+    csrc/cpu/quantize.h). group_size must be 0, n or a power of two. Not differentiable."""
+    K, g = _check_quant(x, hk, pow2, pre_signs, dtype, group_size, _QUANT)
+    _check_device(x, _QUANT)
+    n = x.shape[-1]
+    q = torch.empty(x.shape, dtype=dtype, device=x.device)
+    scales = torch.empty((*x.shape[:-1], n // g), dtype=torch.float32, device=x.device)
+    if q.numel() == 0:
+        return q, scales
+    _, gs, gm = _quant_groups(n, K, pow2, group_size)
+    rows_view, rows = _rows(x)
+    _launch_kn(rows_view, q.view(torch.int8).view(rows, n), K, hk, pow2, scale, pre_signs, None, _QUANT,
+               scales.view(rows, n // g), _QUANT_CODES[dtype], gs, gm)  # fmt: skip
+    return q, scales
+
+
+@hadamard_quantize_triton.register_fake
+def _(x, hk, pow2, scale, pre_signs, dtype, group_size):
+    _, g = _check_quant(x, hk, pow2, pre_signs, dtype, group_size, _QUANT)
+    q = torch.empty(x.shape, dtype=dtype, device=x.device)
+    return q, torch.empty((*x.shape[:-1], x.shape[-1] // g), dtype=torch.float32, device=x.device)
+
+
+# Rounding has a zero derivative almost everywhere: like the C++ op (csrc/autograd.cpp), a
+# graph through the codes is refused at the call rather than built.
+def _quant_autograd(x, hk, pow2, scale, pre_signs, dtype, group_size):
+    if torch.is_grad_enabled() and (x.requires_grad or (pre_signs is not None and pre_signs.requires_grad)):
+        raise RuntimeError(
+            f"{_QUANT} is not differentiable (its codes are rounded): call it on x.detach() or under torch.no_grad()"
+        )
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.hadamard_kernels.hadamard_quantize_triton.default(
+            x, hk, pow2, scale, pre_signs, dtype, group_size
+        )
+
+
+_LIB.impl("hadamard_quantize_triton", _quant_autograd, "Autograd")
 
 
 ops.register_backend("triton", _backend_available)

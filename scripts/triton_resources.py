@@ -33,11 +33,15 @@ Sets (all with contiguous inputs of 3 rows; the row count is not specialised):
   ci     n = 1, 2, 16, 4096, 2^13, 2^14, 2^15 square (transform in = out, classifier
          N = C: the largest blocks) x the three kernels x float32 / bfloat16 / float64, plus
          the classifier shapes of the benchmarks in float32, plus six (K, pow2) of the K * 2^k
-         kernel (_CI_KN) in the same dtypes. About 90 binaries, about 1.5 min on 2 cores with
-         a cold Triton cache. Run by tests/test_triton_resources.py in CI.
+         kernel (_CI_KN) in the same dtypes, and the same six with the quantising epilogue
+         (quantize: per row to float8_e4m3fn, groups of 32 to int8; float32 also groups of
+         128 to float8_e5m2). About 125 binaries, 0.5-2 min on 2 cores. Run by
+         tests/test_triton_resources.py in CI.
   table  every n = 2^0..2^15 square x the three kernels x the four dtypes, plus the
          benchmark shapes, plus the K * 2^k kernel for one K per block height (_TABLE_KN) and
-         every pow2 that fits: about 350 binaries, about 10 min on one core. The committed
+         every pow2 that fits, each also quantising (per row to float8_e4m3fn, groups of
+         32 to int8, of 128 to float8_e5m2, where they divide n): about 1000 binaries, about
+         8 min on 2 shared cores. The committed
          table benchmarks/results/triton-resources-sm90.{md,json} (``--write``).
   full   every power-of-two (in, out) pair with min <= 2^15 and max <= 2^20 (every entry of
          the dispatch table: other sizes take the entry of their next power of two), every
@@ -45,8 +49,9 @@ Sets (all with contiguous inputs of 3 rows; the row count is not specialised):
          one core (scripts/gpu_check.sh runs it with a job per core).
 The classifier forward is compiled with normalize and bias, the backward with normalize,
 except in the full set; the K * 2^k kernel (transform_kn, named by K and pow2, n = K * pow2)
-with pre signs and H_K column-major, as transforms.py calls it. The full set has no
-transform_kn rows (the table has every block of it).
+with pre signs and H_K column-major, as transforms.py calls it, and so is its quantising
+form (quantize, named by K, pow2, group size and code dtype). The full set has no
+transform_kn or quantize rows (the table has every block of them).
 """
 
 from __future__ import annotations
@@ -125,6 +130,16 @@ ALLOW_LIST: list[tuple[str, tuple[str, ...], int, str]] = [
      "20 * 512 and 28 * 512 = 14336), none for 256 x 64 (11008 = 172 * 64). 16 warps would give each "
      "thread 128 registers but halve the occupancy to 25 %. Small spills, cached in L1; not measured on "
      "a GPU."),
+    ("quantize", ("float32", "float16", "bfloat16"), 2**14,
+     "the transform_kn block (KB * P = 2^14 or 2^15 values: 16 or 32 a thread in 32 warps) plus the "
+     "quantising epilogue, which holds |y| and the group scales broadcast over the block beside y until the "
+     "codes are stored: ptxas spills (stores + loads) 172-292 bytes a thread at 2^14 values, 52-1568 at "
+     "2^15 (table set; the NaN flags are already folded into a NaN-propagating max). Blocks up to 2^13 do "
+     "not spill. num_warps is at its limit; less would mean a second pass over the row. Not measured on a "
+     "GPU."),
+    ("quantize", ("float64",), 2**13,
+     "as for the 32-bit types, with twice the registers a value: 24-92 bytes a thread at 2^13 values (5 "
+     "shapes), 232-1060 at 2^14, 1800-6188 at 2^15. Not measured on a GPU."),
 ]
 
 
@@ -138,7 +153,7 @@ def allowed(kernel: str, dtype: str, block_t: int, spills: int, occupancy: float
     return None
 
 
-KERNELS = ("transform", "classifier_forward", "classifier_backward", "transform_kn")
+KERNELS = ("transform", "classifier_forward", "classifier_backward", "transform_kn", "quantize")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}  # fmt: skip
 BENCH_SHAPES = [(512, 10), (2048, 1000), (4096, 32000), (2**15, 10), (10, 2**15)]  # (N, C)
@@ -152,12 +167,17 @@ class Variant:
     n_out: int  # transform: out_features; classifier: C
     normalize: bool = True  # classifier kernels
     has_bias: bool = True  # classifier_forward
-    signs: bool = True  # transform_kn: with pre signs (the randomised transform)
+    signs: bool = True  # transform_kn, quantize: with pre signs (the randomised transform)
+    group: int = 0  # quantize: group size (0: per row)
+    code: str = "int8"  # quantize: the codes' dtype (torch.<code>)
 
     @property
     def name(self) -> str:
         if self.kernel == "transform_kn":  # n_in = K (1: no H_K), n_out = pow2; n = K * pow2
             return f"transform_kn {self.dtype} K={self.n_in} pow2={self.n_out}" + (" signs" if self.signs else "")
+        if self.kernel == "quantize":  # as transform_kn, quantised per group (or row) to code
+            return (f"quantize {self.dtype} K={self.n_in} pow2={self.n_out} g={self.group or 'row'} {self.code}"
+                    + (" signs" if self.signs else ""))  # fmt: skip
         sizes = f"in={self.n_in} out={self.n_out}" if self.kernel == "transform" else f"N={self.n_in} C={self.n_out}"
         flags = ""
         if self.kernel != "transform":
@@ -230,13 +250,16 @@ def capture(v: Variant) -> Launch:
         scale = torch.tensor(1.0, dtype=acc)  # as ops.hadamard_classifier makes it
         if v.kernel == "transform":
             tk.hadamard_transform_triton(x, v.n_out, 1.0)
-        elif v.kernel == "transform_kn":
+        elif v.kernel in ("transform_kn", "quantize"):
             K, pow2 = v.n_in, v.n_out
             x = torch.empty(3, K * pow2, dtype=dtype)
             # H_K column-major, as transforms.py passes it (triton_kernels._launch_kn).
             h = orders.hadamard_k(K, torch.int8).mT.contiguous().mT if K > 1 else None
             pre = torch.ones(K * pow2, dtype=dtype) if v.signs else None
-            tk.hadamard_transform_kn_triton(x, h, pow2, 1.0, pre, None)
+            if v.kernel == "quantize":
+                tk.hadamard_quantize_triton(x, h, pow2, 1.0, pre, getattr(torch, v.code), v.group)
+            else:
+                tk.hadamard_transform_kn_triton(x, h, pow2, 1.0, pre, None)
         elif v.kernel == "classifier_forward":
             bias = torch.zeros(v.n_out, dtype=dtype) if v.has_bias else None
             tk.classifier_forward_triton(x, scale, bias, v.n_out, v.normalize, 1e-12)
@@ -382,6 +405,9 @@ _CI_KN = ((1, 16), (1, 2**15), (12, 16), (20, 256), (172, 64), (28, 1024))
 # The table: one K per block height KB = next_pow2(K) (K = 1: KB = 1; the binary depends on KB,
 # not K), every pow2 whose block KB * max(16, pow2) fits in 2^15.
 _TABLE_KN = (1, 12, 20, 40, 108, 172)
+# The quantising epilogue (group size, 0: per row; code dtype): each reduction layout (the
+# row; groups inside a chunk, GS; groups of whole chunks, GM, where pow2 < 128) and encoder.
+_CI_QUANT = ((0, "float8_e4m3fn"), (32, "int8"), (128, "float8_e5m2"))
 
 
 def variants(which: str) -> list[Variant]:
@@ -397,10 +423,15 @@ def variants(which: str) -> list[Variant]:
                 for n, c in BENCH_SHAPES:
                     out += [Variant("classifier_forward", dtype, n, c), Variant("classifier_backward", dtype, n, c)]
             if which == "ci":
-                out += [Variant("transform_kn", dtype, K, pow2) for K, pow2 in _CI_KN]
+                kn = list(_CI_KN)
+                quant = _CI_QUANT if dtype == "float32" else _CI_QUANT[:2]
             else:
-                out += [Variant("transform_kn", dtype, K, 2**k) for K in _TABLE_KN for k in range(16)
-                        if tk._kn_block(K * 2**k, K, 2**k)[0] * max(16, 2**k) <= 2**15]  # fmt: skip
+                kn = [(K, 2**k) for K in _TABLE_KN for k in range(16)
+                      if tk._kn_block(K * 2**k, K, 2**k)[0] * max(16, 2**k) <= 2**15]  # fmt: skip
+                quant = _CI_QUANT
+            out += [Variant("transform_kn", dtype, K, pow2) for K, pow2 in kn]
+            out += [Variant("quantize", dtype, K, pow2, group=g, code=code) for K, pow2 in kn
+                    for g, code in quant if (K * pow2) % max(g, 1) == 0]  # fmt: skip
         else:
             for a in range(21):
                 for b in range(21):

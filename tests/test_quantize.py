@@ -163,7 +163,8 @@ def test_zero_group_after_transform():
         (dict(dtype=torch.float16), TypeError, "dtype must be torch.int8"),
         (dict(signs=torch.ones(8)), ValueError, r"signs must have shape \(n,\)"),
         (dict(K=12), ValueError, "K=12 does not split n=256"),
-        (dict(backend="cuda"), ValueError, "backend must be 'auto', 'cpu' or 'reference'"),
+        (dict(backend="gpu"), ValueError, "backend must be 'auto', 'cuda', 'triton', 'cpu' or 'reference'"),
+        (dict(backend="cuda"), RuntimeError, "backend 'cuda' is not available for a tensor on cpu"),
     ],
     ids=lambda v: str(v)[:30],
 )

@@ -604,19 +604,27 @@ _COMPILE_SCRIPT = textwrap.dedent(
                 "G_CHUNK": "", "X_CHUNK": ""},
                 {"g_col_stride": 1, "x_col_stride": 1, "NORMALIZE": normalize, "ACC": acc,
                  "ROWS": rows, "BLOCK_T": block_t, "G_CHUNK": a, "X_CHUNK": b}, warps, cap)
-    KN_CASES = [(80, torch.float32, 20, 256), (90, torch.bfloat16, 172, 64), (80, torch.float64, 1, 16)]
-    for cap, dtype, K, pow2 in KN_CASES:  # (sm, dtype, K, pow2) of the K * 2^k kernel
+    # (sm, dtype, K, pow2, quant, group_size) of the K * 2^k kernel; quant > 0: its quantising
+    # epilogue (hadamard_quantize_triton: 1 int8, 2 float8_e4m3fn, 3 float8_e5m2; no post signs).
+    KN_CASES = [(80, torch.float32, 20, 256, 0, 0), (90, torch.bfloat16, 172, 64, 0, 0),
+                (80, torch.float64, 1, 16, 0, 0), (80, torch.float32, 20, 256, 2, 0),
+                (90, torch.bfloat16, 12, 64, 1, 32), (80, torch.bfloat16, 28, 32, 3, 128),
+                (90, torch.float64, 1, 1024, 2, 64)]
+    for cap, dtype, K, pow2, quant, group in KN_CASES:
         t, acc = TY[dtype], tk._acc(dtype)
         kb, p, rows, warps = tk.kn_config(K * pow2, K, pow2)
+        _, gs, gm = tk._quant_groups(K * pow2, K, pow2, group)
         # Unit strides of x's entries, H_K's rows (column-major) and the signs, as launched.
         build(tk._transform_kn_kernel, {
-            "x_ptr": f"*{t}", "out_ptr": f"*{t}", "hk_ptr": "*i8", "pre_ptr": f"*{t}", "post_ptr": f"*{t}",
-            "scale_hi": "fp32", "scale_lo": "fp32", "rows": "i32", "n": "i32", "pow2": "i32",
-            "x_row_stride": "i32", "x_col_stride": "", "out_row_stride": "i32", "hk_row_stride": "",
-            "hk_col_stride": "i32", "pre_stride": "", "post_stride": "", "HAS_HK": "", "HAS_PRE": "",
-            "HAS_POST": "", "ACC": "", "ROWS": "", "KB": "", "P": ""},
+            "x_ptr": f"*{t}", "out_ptr": "*i8" if quant else f"*{t}", "hk_ptr": "*i8", "pre_ptr": f"*{t}",
+            "post_ptr": f"*{t}", "scale_hi": "fp32", "scale_lo": "fp32", "rows": "i32", "n": "i32",
+            "pow2": "i32", "x_row_stride": "i32", "x_col_stride": "", "out_row_stride": "i32",
+            "hk_row_stride": "", "hk_col_stride": "i32", "pre_stride": "", "post_stride": "",
+            "scales_ptr": "*fp32", "groups": "i32", "HAS_HK": "", "HAS_PRE": "", "HAS_POST": "", "ACC": "",
+            "ROWS": "", "KB": "", "P": "", "QUANT": "", "GS": "", "GM": ""},
             {"x_col_stride": 1, "hk_row_stride": 1, "pre_stride": 1, "post_stride": 1, "HAS_HK": K > 1,
-             "HAS_PRE": True, "HAS_POST": True, "ACC": acc, "ROWS": rows, "KB": kb, "P": p}, warps, cap)
+             "HAS_PRE": True, "HAS_POST": not quant, "ACC": acc, "ROWS": rows, "KB": kb, "P": p,
+             "QUANT": quant, "GS": gs, "GM": gm}, warps, cap)
     build(ex.rotate_quantize_int8_kernel, {
         "x_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32", "rows": "i32", "n": "i32",
         "x_row_stride": "i32", "inv_sqrt_n": "fp32", "ROWS": "", "BLOCK": ""},
