@@ -164,9 +164,9 @@ void transform_kernel(const scalar_t* x, scalar_t* out, const TransformParams p)
                       p.in_features == t && p.out_features == t;
   at::parallel_for(0, p.rows, grain_rows(std::max(p.in_features, p.out_features)), [&](int64_t begin, int64_t end) {
     if (direct) {
-      for (int64_t r = begin; r < end; ++r)
-        cpu::fwht_row(reinterpret_cast<const acc_t*>(x + r * p.x_row_stride),
-                      reinterpret_cast<acc_t*>(out + r * p.out_row_stride), t, scale);
+      cpu::fwht_rows(reinterpret_cast<const acc_t*>(x + begin * p.x_row_stride), p.x_row_stride,
+                     reinterpret_cast<acc_t*>(out + begin * p.out_row_stride), p.out_row_stride, end - begin, t,
+                     scale);
       return;
     }
     RowBuffer<acc_t> row(t);

@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <type_traits>
 
 #include "checks.h"
 #include "cpu/orders.h"
@@ -38,6 +39,15 @@ void kn_cpu(const at::Tensor& rows, at::Tensor& out, const std::optional<at::Ten
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     const int64_t rs = rows.stride(0), cs = rows.stride(1);
     at::parallel_for(0, rows.size(0), cpu::grain_rows(K * pow2), [&](int64_t begin, int64_t end) {
+      // The plain transform of short whole contiguous rows (fwht_): all the task's rows in one
+      // first sweep (cpu::fwht_rows), which takes any alignment. float32 / float64 only.
+      constexpr int64_t W = cpu::Vec<acc_t>::kLanes;
+      if (std::is_same_v<scalar_t, acc_t> && args.h == nullptr && args.pre == nullptr && args.post == nullptr &&
+          n == pow2 && cs == 1 && rs == n && n >= W && n <= 8 * W) {
+        cpu::fwht_rows(reinterpret_cast<const acc_t*>(x + begin * n), n, reinterpret_cast<acc_t*>(y + begin * n), n,
+                       end - begin, n, args.scale);
+        return;
+      }
       cpu::RowBuffer<acc_t> buf(setup.buffer_size());
       for (int64_t r = begin; r < end; ++r) cpu::kn_row(x + r * rs, cs, y + r * n, buf.get(), args);
     });

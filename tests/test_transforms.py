@@ -358,7 +358,7 @@ def test_signs_requiring_grad_are_refused():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("n", [1, 3, 16, 100, 1024, 5000], ids=lambda n: f"n{n}")
+@pytest.mark.parametrize("n", [1, 3, 8, 16, 32, 64, 100, 1024, 5000], ids=lambda n: f"n{n}")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fwht_inplace(backend, n, dtype):
     x = torch.randn(3, 2, n, dtype=dtype)
@@ -367,6 +367,18 @@ def test_fwht_inplace(backend, n, dtype):
     out = hk.fwht_(x, 0.5, backend=backend)
     assert out is x and x.data_ptr() == ptr and x._version > version
     assert rel_err(x, R.fwht_reference(x0.double(), 0.5)) <= RTOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("n", [4, 8, 16, 64, 128], ids=lambda n: f"n{n}")
+def test_fwht_short_rows_batched(n, dtype):
+    # Short contiguous rows go through one first sweep over all rows of a task (cpu::fwht_rows),
+    # misaligned too (a view one element into its storage), in place and out of place, over
+    # enough rows for several parallel tasks.
+    x = torch.randn(5000 * n + 1, dtype=dtype)[1:].view(5000, n)
+    want = R.fwht_reference(x.double(), 0.25)
+    assert rel_err(hk.fwht(x, 0.25), want) <= RTOL[dtype]
+    assert rel_err(hk.fwht_(x, 0.25), want) <= RTOL[dtype]
 
 
 @pytest.mark.parametrize("lead", [(0,), (1,), (), (300,)], ids=lambda s: f"lead{list(s)}")
