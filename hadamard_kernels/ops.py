@@ -112,15 +112,25 @@ def available_backends(device: torch.device | str | None = None) -> tuple[str, .
     return _available(torch.device(device))
 
 
-def _resolve_backend(backend: str, x: torch.Tensor, op: str) -> str:
+def _backends_with_kernels(device: torch.device, keys: frozenset[str]) -> tuple[str, ...]:
+    """``available_backends(device)`` less "cpu" / "cuda" where a C++ op has no kernel for that
+    dispatch key (``keys``: the keys it has, read at import)."""
+    return tuple(b for b in available_backends(device) if b not in ("cpu", "cuda") or b.upper() in keys)
+
+
+def _resolve_backend(backend: str, x: torch.Tensor, op: str, usable: tuple[str, ...] | None = None,
+                     what: str = "") -> str:
+    """The backend "auto" stands for, or the named one checked against ``usable`` (default:
+    ``available_backends(x.device)``); ``what`` names the ops in the error ("the K * 2^k
+    transforms of ")."""
     if backend not in BACKENDS and backend != "auto":
         raise ValueError(f"{op}: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-    usable = available_backends(x.device)
+    usable = available_backends(x.device) if usable is None else usable
     if backend == "auto":
         return usable[0]
     if backend not in usable:
         raise RuntimeError(
-            f"{op}: backend {backend!r} is not available for a tensor on {x.device}; "
+            f"{op}: backend {backend!r} is not available for {what}a tensor on {x.device}; "
             f"available there: {usable}"
         )
     return backend

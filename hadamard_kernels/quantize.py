@@ -41,7 +41,7 @@ import numbers
 import torch
 
 from . import reference
-from .ops import _check_input, _check_scale, available_backends
+from .ops import _backends_with_kernels, _check_input, _check_scale
 from .reference import QUANT_MAX
 from .transforms import _check_signs, _hk_for, _split
 
@@ -60,7 +60,7 @@ def _backends(device: torch.device) -> tuple[str, ...]:
     """The backends of fwht_quantize on ``device``, fastest first: ``available_backends``'s,
     less "cpu" / "cuda" where the extension has no hadamard_quantize kernel for that device
     (a CUDA kernel plugs in by registering one: _QUANTIZE_DEVICES)."""
-    return tuple(b for b in available_backends(device) if b not in ("cpu", "cuda") or b.upper() in _QUANTIZE_DEVICES)
+    return _backends_with_kernels(device, _QUANTIZE_DEVICES)
 
 
 def _resolve(backend: str, x: torch.Tensor, n: int, K: int, p: int, g: int, op: str) -> str:

@@ -45,13 +45,13 @@ from .ops import (
     _FAST_OPS,
     _FLOAT_DTYPES,
     _OP_ERRORS,
-    BACKENDS,
     MAX_FEATURES,
+    _backends_with_kernels,
     _check_input,
     _check_scale,
     _check_size,
     _is_compiling,
-    available_backends,
+    _resolve_backend,
 )
 from .orders import FAMILIES, FHT_ORDERS, ORDERS, fht_padded_size, hadamard_k, split_order
 
@@ -95,21 +95,11 @@ def _backends(device: torch.device) -> tuple[str, ...]:
     """The backends of the K * 2^k transforms on ``device``, fastest first: those of
     ``available_backends`` (fwht's), less "cpu" / "cuda" where the C++ extension has no K * 2^k
     kernel for that dispatch key. The Triton backend has the kn ops wherever it is available."""
-    return tuple(b for b in available_backends(device) if b not in ("cpu", "cuda") or b.upper() in _KN_DEVICES)
+    return _backends_with_kernels(device, _KN_DEVICES)
 
 
 def _resolve(backend: str, x: torch.Tensor, op: str) -> str:
-    if backend not in BACKENDS and backend != "auto":
-        raise ValueError(f"{op}: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-    usable = _backends(x.device)
-    if backend == "auto":
-        return usable[0]
-    if backend not in usable:
-        raise RuntimeError(
-            f"{op}: backend {backend!r} is not available for the K * 2^k transforms of a tensor on "
-            f"{x.device}; available there: {usable}"
-        )
-    return backend
+    return _resolve_backend(backend, x, op, _backends(x.device), "the K * 2^k transforms of ")
 
 
 def _hk_for(name: str, family: str, K: int, transpose: bool, device: torch.device) -> torch.Tensor | None:
