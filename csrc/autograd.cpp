@@ -33,6 +33,8 @@
 
 #include <optional>
 
+#include "checks.h"
+
 namespace hadamard_kernels {
 namespace {
 
@@ -47,23 +49,23 @@ at::Tensor transform_op(const at::Tensor& x, int64_t out_features, double scale)
 }
 
 at::Tensor classifier_forward_op(const at::Tensor& x, const at::Tensor& scale, const std::optional<at::Tensor>& bias,
-                                 int64_t num_classes, bool normalize, double eps) {
+                                 int64_t num_classes, bool normalize, double eps, bool etf) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("hadamard_kernels::classifier_forward", "")
           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t, bool,
-                            double)>();
-  return op.call(x, scale, bias, num_classes, normalize, eps);
+                            double, bool)>();
+  return op.call(x, scale, bias, num_classes, normalize, eps, etf);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_op(const at::Tensor& grad_y, const at::Tensor& x,
                                                                       const at::Tensor& scale, bool normalize,
-                                                                      double eps) {
+                                                                      double eps, bool etf) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("hadamard_kernels::classifier_backward", "")
                              .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, double)>();
-  return op.call(grad_y, x, scale, normalize, eps);
+                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, double, bool)>();
+  return op.call(grad_y, x, scale, normalize, eps, etf);
 }
 
 // The last dimension as an int: a guard under torch.compile when it is symbolic (the
@@ -214,22 +216,24 @@ at::Tensor row_norm(const at::Tensor& x) {
 }
 
 // (grad_x, grad_scale, grad_bias) of the classifier as classifier_backward returns them,
-// computed with differentiable ATen ops. With g = dL/dy, u = H_M[:N, :C] g (the adjoint),
-// r = ||x||, d = max(r, eps):
+// computed with differentiable ATen ops. With g = dL/dy, u = W^T g (the adjoint: W = H_M[:C, :N],
+// so u = H_M[:N, :C] g; for the simplex ETF W = f P H_N[:C, :N], P = I - 11^T / C, so
+// u = f H_N[:N, :C] P g), r = ||x||, d = max(r, eps):
 //   dL/dscale = sum u . x_hat,  dL/dbias = sum g,
 //   dL/dx = (scale u - [r >= eps] x_hat (x_hat . scale u)) / d   (normalize)
 //         = scale u                                             (otherwise).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_grads_differentiable(const at::Tensor& grad,
                                                                                const at::Tensor& x,
                                                                                const at::Tensor& scale,
-                                                                               bool normalize, double eps) {
+                                                                               bool normalize, double eps, bool etf) {
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t n = last_dim(x);
   const int64_t c = last_dim(grad);
   const at::Tensor g = grad.to(acc);
   const at::Tensor xa = x.to(acc);
   const at::Tensor s = scale.to(acc).reshape({});
-  const at::Tensor u = transform_autograd(g, n, 1.0);
+  const at::Tensor u = etf ? transform_autograd(g - g.mean({-1}, /*keepdim=*/true), n, etf_factor(c, n))
+                           : transform_autograd(g, n, 1.0);
   at::Tensor x_hat, grad_x;
   if (normalize) {
     const at::Tensor r = row_norm(xa);
@@ -250,37 +254,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_grads_differentiable(c
 class ClassifierFunction : public torch::autograd::Function<ClassifierFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale,
-                            const std::optional<at::Tensor>& bias, int64_t num_classes, bool normalize, double eps) {
+                            const std::optional<at::Tensor>& bias, int64_t num_classes, bool normalize, double eps,
+                            bool etf) {
     ctx->save_for_backward({x, scale});
     ctx->saved_data["bias_dtype"] = bias.has_value() ? c10::IValue(bias->scalar_type()) : c10::IValue();
     ctx->saved_data["normalize"] = normalize;
     ctx->saved_data["eps"] = eps;
+    ctx->saved_data["etf"] = etf;
     at::AutoDispatchBelowADInplaceOrView below;
-    return classifier_forward_op(x, scale, bias, num_classes, normalize, eps);
+    return classifier_forward_op(x, scale, bias, num_classes, normalize, eps, etf);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const bool normalize = ctx->saved_data["normalize"].toBool();
     const double eps = ctx->saved_data["eps"].toDouble();
+    const bool etf = ctx->saved_data["etf"].toBool();
     auto [grad_x, grad_scale, grad_bias] =
-        at::GradMode::is_enabled() ? classifier_grads_differentiable(grads[0], saved[0], saved[1], normalize, eps)
-                                   : classifier_backward_op(grads[0], saved[0], saved[1], normalize, eps);
+        at::GradMode::is_enabled() ? classifier_grads_differentiable(grads[0], saved[0], saved[1], normalize, eps, etf)
+                                   : classifier_backward_op(grads[0], saved[0], saved[1], normalize, eps, etf);
     const c10::IValue& bias_dtype = ctx->saved_data["bias_dtype"];
     grad_bias = bias_dtype.isNone() ? at::Tensor() : grad_bias.to(bias_dtype.toScalarType());
-    return {grad_x, grad_scale, grad_bias, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_x, grad_scale, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 at::Tensor classifier_forward_autograd(const at::Tensor& x, const at::Tensor& scale,
                                        const std::optional<at::Tensor>& bias, int64_t num_classes, bool normalize,
-                                       double eps) {
+                                       double eps, bool etf) {
   const at::Tensor& b = bias.has_value() ? *bias : x;  // x stands in for an absent bias
   if (!needs_graph({&x, &scale, &b})) {
     at::AutoDispatchBelowADInplaceOrView below;
-    return classifier_forward_op(x, scale, bias, num_classes, normalize, eps);
+    return classifier_forward_op(x, scale, bias, num_classes, normalize, eps, etf);
   }
-  return ClassifierFunction::apply(x, scale, bias, num_classes, normalize, eps);
+  return ClassifierFunction::apply(x, scale, bias, num_classes, normalize, eps, etf);
 }
 
 // The fused backward is a first derivative only; without this, torch's fallback would warn
@@ -288,9 +295,9 @@ at::Tensor classifier_forward_autograd(const at::Tensor& x, const at::Tensor& sc
 class NotDifferentiable : public torch::autograd::Function<NotDifferentiable> {
  public:
   static variable_list forward(AutogradContext*, const at::Tensor& grad_y, const at::Tensor& x,
-                               const at::Tensor& scale, bool normalize, double eps) {
+                               const at::Tensor& scale, bool normalize, double eps, bool etf) {
     at::AutoDispatchBelowADInplaceOrView below;
-    auto [gx, gs, gb] = classifier_backward_op(grad_y, x, scale, normalize, eps);
+    auto [gx, gs, gb] = classifier_backward_op(grad_y, x, scale, normalize, eps, etf);
     return {gx, gs, gb};
   }
 
@@ -306,12 +313,12 @@ class NotDifferentiable : public torch::autograd::Function<NotDifferentiable> {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_autograd(const at::Tensor& grad_y,
                                                                             const at::Tensor& x,
                                                                             const at::Tensor& scale, bool normalize,
-                                                                            double eps) {
+                                                                            double eps, bool etf) {
   if (!needs_graph({&grad_y, &x, &scale})) {
     at::AutoDispatchBelowADInplaceOrView below;
-    return classifier_backward_op(grad_y, x, scale, normalize, eps);
+    return classifier_backward_op(grad_y, x, scale, normalize, eps, etf);
   }
-  variable_list out = NotDifferentiable::apply(grad_y, x, scale, normalize, eps);
+  variable_list out = NotDifferentiable::apply(grad_y, x, scale, normalize, eps, etf);
   return {out[0], out[1], out[2]};
 }
 

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
 
+#include <cmath>
 #include <optional>
 
 #include "hadamard.h"
@@ -41,14 +42,29 @@ inline void check_scale(const at::Tensor& scale, const at::Tensor& x, const char
                     " but x is on ", x.device());
 }
 
+// etf (the simplex ETF head): its C rows are a simplex ETF only for N a power of two and
+// 2 <= C <= N (then H_N[:C, :N] has orthogonal rows), so other sizes are refused.
 inline void check_classifier_args(const at::Tensor& x, const at::Tensor& scale, int64_t num_classes, double eps,
-                                  const char* op) {
+                                  bool etf, const char* op) {
   check_float_input(x, op, "x");
   TORCH_CHECK_VALUE(num_classes >= 1, op, ": num_classes must be >= 1, got ", num_classes);
   TORCH_CHECK_VALUE(x.size(-1) >= 1, op, ": x must have at least one feature, got shape ", x.sizes());
   TORCH_CHECK_VALUE(eps > 0, op, ": eps must be > 0, got ", eps);
   check_sizes(x.size(-1), num_classes, op);
   check_scale(scale, x, op);
+  if (etf) {
+    const int64_t n = x.size(-1);
+    TORCH_CHECK_VALUE((n & (n - 1)) == 0 && num_classes >= 2 && num_classes <= n, op,
+                      ": the simplex ETF head needs N a power of two and 2 <= C <= N, got N=", n,
+                      ", C=", num_classes);
+  }
+}
+
+// sqrt(C / ((C - 1) N)): the factor that makes the centred rows (I - 11^T / C) H_N[:C, :N]
+// unit vectors, so that W = etf_factor * (I - 11^T / C) H_N[:C, :N] is the simplex ETF
+// (unit rows, pairwise cosine -1 / (C - 1)).
+inline double etf_factor(int64_t num_classes, int64_t n) {
+  return std::sqrt(static_cast<double>(num_classes) / (static_cast<double>(num_classes - 1) * n));
 }
 
 // Returns bias made contiguous (undefined when absent) after checking shape, dtype, device.
@@ -65,8 +81,8 @@ inline at::Tensor checked_bias(const std::optional<at::Tensor>& bias, const at::
 }
 
 inline void check_backward_args(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& scale,
-                                double eps, const char* op) {
-  check_classifier_args(x, scale, grad_y.size(-1), eps, op);
+                                double eps, bool etf, const char* op) {
+  check_classifier_args(x, scale, grad_y.size(-1), eps, etf, op);
   TORCH_CHECK_VALUE(grad_y.sizes().slice(0, grad_y.dim() - 1) == x.sizes().slice(0, x.dim() - 1), op,
                     ": grad_y shape ", grad_y.sizes(), " does not match x shape ", x.sizes());
   TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), op, ": grad_y dtype ", grad_y.scalar_type(),

@@ -44,10 +44,16 @@ struct TransformParams {
 //     dL/dalpha = sum_r u . x_hat[r],   dL/dbias = sum_r g[r],
 //     dL/dx_hat = alpha * u,  dL/dx = (dL/dx_hat - x_hat (x_hat . dL/dx_hat)) / ||x||
 //     (or dL/dx_hat / eps where the norm is clamped, or dL/dx_hat without normalize).
+// The simplex ETF head (etf) replaces H_M[:C, :N] by W = f (I - 11^T / C) H_N[:C, :N],
+// f = sqrt(C / ((C - 1) N)) (N a power of two, 2 <= C <= N): the forward subtracts the mean
+// over the C outputs before the scale, the backward subtracts the mean of g over the
+// classes before the transform (the centring is symmetric); f is folded into alpha and
+// multiplies dL/dalpha.
 struct ClassifierParams {
   TransformParams t;  // in_features = N, out_features = C (backward: swapped)
   bool normalize;
   double eps;
+  bool etf;
 };
 
 }  // namespace hadamard_kernels

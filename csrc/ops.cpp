@@ -2,8 +2,9 @@
 //
 // Schemas (the Python side adds fake kernels and autograd in hadamard_kernels/ops.py):
 //   hadamard_transform(x, out_features, scale) = scale * H_M[:out, :in] @ x   (last dim)
-//   classifier_forward(x, scale, bias, C, normalize, eps) = alpha * H_M[:C, :N] @ x_hat + bias
-//   classifier_backward(grad_y, x, scale, normalize, eps) -> (grad_x, grad_scale, grad_bias)
+//   classifier_forward(x, scale, bias, C, normalize, eps, etf) = alpha * W @ x_hat + bias,
+//       W = H_M[:C, :N], or the simplex ETF sqrt(C / ((C-1) N)) (I - 11^T / C) H_N[:C, :N] (etf)
+//   classifier_backward(grad_y, x, scale, normalize, eps, etf) -> (grad_x, grad_scale, grad_bias)
 //   hadamard_transform_kn(x, hk, pow2, scale, pre_signs, post_signs)
 //       = scale * post . [(H_K (x) H_pow2) @ pad(pre . x)][:n]     (CPU kernel: csrc/orders.cpp)
 //   hadamard_transform_kn_(x, ...): the same, written into x (contiguous x)
@@ -242,6 +243,15 @@ inline double scale_value(const at::Tensor& scale) {
   return v;
 }
 
+// v[:c] -= mean(v[:c]): the centring of the simplex ETF head (etf_factor).
+template <typename acc_t>
+inline void subtract_mean(acc_t* v, int64_t c) {
+  acc_t sum = 0;
+  for (int64_t i = 0; i < c; ++i) sum += v[i];
+  const acc_t mean = sum / static_cast<acc_t>(c);
+  for (int64_t i = 0; i < c; ++i) v[i] -= mean;
+}
+
 template <typename scalar_t>
 void classifier_forward_kernel(const scalar_t* x, const scalar_t* bias, scalar_t* y,
                                const ClassifierParams cp) {
@@ -265,6 +275,7 @@ void classifier_forward_kernel(const scalar_t* x, const scalar_t* bias, scalar_t
         sumsq = load_folded<acc_t, acc_t, true>(s, 1, n, buf, t);
       }
       cpu::fwht_row(buf, buf, t, acc_t(1));
+      if (cp.etf) subtract_mean(buf, p.out_features);
       const acc_t a = cp.normalize ? static_cast<acc_t>(p.scale * scaled_inv_norm(sumsq, k, cp.eps)) : alpha;
       store_repeated<scalar_t, acc_t>(buf, t, a, bias, y + r * p.out_row_stride, p.out_features);
     }
@@ -273,14 +284,15 @@ void classifier_forward_kernel(const scalar_t* x, const scalar_t* bias, scalar_t
 
 at::Tensor classifier_forward_cpu(const at::Tensor& x, const at::Tensor& scale,
                                   const std::optional<at::Tensor>& bias, int64_t num_classes,
-                                  bool normalize, double eps) {
+                                  bool normalize, double eps, bool etf) {
   constexpr const char* op = "hadamard_kernels::classifier_forward";
-  check_classifier_args(x, scale, num_classes, eps, op);
+  check_classifier_args(x, scale, num_classes, eps, etf, op);
   const at::Tensor bias_c = checked_bias(bias, x, num_classes, op);
   at::Tensor y = at::detail::empty_cpu(with_last_dim(x, num_classes), x.scalar_type());
   if (y.numel() == 0) return y;
   const at::Tensor rows = as_rows(x);
-  ClassifierParams cp{make_params(rows, num_classes, scale_value(scale)), normalize, eps};
+  const double s = scale_value(scale) * (etf ? etf_factor(num_classes, x.size(-1)) : 1.0);
+  ClassifierParams cp{make_params(rows, num_classes, s), normalize, eps, etf};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "classifier_forward_cpu", [&] {
     classifier_forward_kernel<scalar_t>(rows.const_data_ptr<scalar_t>(),
                                         bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr,
@@ -298,6 +310,7 @@ inline acc_t classifier_backward_row(const scalar_t* g, int64_t g_stride, const 
   const int64_t n = p.out_features;
   const int64_t t = reduced_size(p.in_features, n);
   load_folded<scalar_t, acc_t, false>(g, g_stride, p.in_features, u, t);
+  if (cp.etf) subtract_mean(u, p.in_features);  // the centring is symmetric: its adjoint is itself
   cpu::fwht_row(u, u, t, acc_t(1));
   for (int64_t base = t; base < n; base += t)  // u[:N] = H_M[:N, :C] @ g, period t
     std::copy(u, u + std::min(t, n - base), u + base);
@@ -328,9 +341,10 @@ inline acc_t classifier_backward_row(const scalar_t* g, int64_t g_stride, const 
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& scale, bool normalize, double eps) {
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& scale, bool normalize, double eps, bool etf) {
   constexpr const char* op = "hadamard_kernels::classifier_backward";
-  check_backward_args(grad_y, x, scale, eps, op);
+  check_backward_args(grad_y, x, scale, eps, etf, op);
+  const double factor = etf ? etf_factor(grad_y.size(-1), x.size(-1)) : 1.0;
   const at::ScalarType acc_type = at::toOpMathType(x.scalar_type());
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   const at::Tensor g_rows = as_rows(grad_y);
@@ -341,7 +355,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cpu(
   const int64_t chunks = std::min<int64_t>(rows, 64);
   std::vector<double> partial(static_cast<size_t>(std::max<int64_t>(chunks, 1)), 0.0);
   if (rows > 0) {
-    ClassifierParams cp{make_params(g_rows, x.size(-1), scale_value(scale)), normalize, eps};
+    ClassifierParams cp{make_params(g_rows, x.size(-1), scale_value(scale) * factor), normalize, eps, etf};
     const int64_t per_chunk = (rows + chunks - 1) / chunks;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "classifier_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -366,6 +380,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cpu(
   }
   double total = 0;
   for (double v : partial) total += v;
+  total *= factor;
   at::Tensor grad_scale = at::full(scale.sizes(), total, scale.options());
   return {grad_x, grad_scale, grad_bias};
 }
@@ -375,8 +390,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cpu(
 TORCH_LIBRARY(hadamard_kernels, m) {
   m.def("hadamard_transform(Tensor x, int out_features, float scale) -> Tensor");
   m.def("classifier_forward(Tensor x, Tensor scale, Tensor? bias, int num_classes, bool normalize, "
-        "float eps) -> Tensor");
-  m.def("classifier_backward(Tensor grad_y, Tensor x, Tensor scale, bool normalize, float eps) "
+        "float eps, bool etf=False) -> Tensor");
+  m.def("classifier_backward(Tensor grad_y, Tensor x, Tensor scale, bool normalize, float eps, bool etf=False) "
         "-> (Tensor, Tensor, Tensor)");
   // Transforms of order K * 2^k (csrc/orders.cpp): y = scale * post . [(H_K (x) H_pow2) pad(pre . x)][:n].
   m.def("hadamard_transform_kn(Tensor x, Tensor? hk, int pow2, float scale, Tensor? pre_signs, "

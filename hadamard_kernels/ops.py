@@ -5,9 +5,11 @@ The C++ ops (csrc/ops.cpp) are:
 
 * ``hadamard_transform(x, out_features, scale)``: ``scale * H_M[:out, :in] @ x`` over the
   last dim, M = next_pow2(max(in, out)). ``fwht`` is the case out = in.
-* ``classifier_forward(x, scale, bias, num_classes, normalize, eps)``:
-  ``scale * H_M[:C, :N] @ (x / max(||x||, eps)) + bias``.
-* ``classifier_backward(grad_y, x, scale, normalize, eps) -> (grad_x, grad_scale, grad_bias)``.
+* ``classifier_forward(x, scale, bias, num_classes, normalize, eps, etf=False)``:
+  ``scale * W @ (x / max(||x||, eps)) + bias`` with W = H_M[:C, :N], or with ``etf`` the
+  simplex ETF ``sqrt(C / ((C-1) N)) (I - 11^T / C) H_N[:C, :N]`` (N a power of two,
+  2 <= C <= N): the mean over the C outputs is subtracted in the kernel's epilogue.
+* ``classifier_backward(grad_y, x, scale, normalize, eps, etf=False) -> (grad_x, grad_scale, grad_bias)``.
 
 The transforms of order K * 2^k (ops ``hadamard_transform_kn`` and ``hadamard_transform_kn_``)
 have their public functions and fake kernels in ``transforms.py``.
@@ -15,6 +17,7 @@ have their public functions and fake kernels in ``transforms.py``.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Callable
 
@@ -161,6 +164,21 @@ def _check_size(n: int, out_features: int, op: str) -> None:
         )
 
 
+def _check_etf_size(n: int, num_classes: int, op: str) -> None:
+    """The simplex ETF head's sizes: N a power of two and 2 <= C <= N (torch._check, so that
+    fake kernels can call it too; ValueError)."""
+    torch._check_value(
+        n & (n - 1) == 0 and 2 <= num_classes <= n,
+        lambda: f"{op}: the simplex ETF head needs in_features N a power of two and 2 <= num_classes <= N "
+        f"(its C rows are orthonormal Hadamard rows), got N={n}, num_classes={num_classes}",
+    )
+
+
+def etf_factor(num_classes: int, n: int) -> float:
+    """sqrt(C / ((C-1) N)): with it, ``etf_factor * (I - 11^T / C) H_N[:C, :N]`` has unit rows."""
+    return math.sqrt(num_classes / ((num_classes - 1) * n))
+
+
 def _check_eps(eps: float, dtype: torch.dtype, op: str) -> None:
     """eps > 0, and 1 / eps finite in the accumulator (float64 for float64 x, else float32):
     a smaller eps would turn the zero row's x / max(||x||, eps) into 0 * inf = NaN."""
@@ -211,7 +229,7 @@ def fwht(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torch
     return y
 
 
-def classifier_fast_path(x, num_classes, scale, bias, normalize, eps, backend) -> torch.Tensor | None:
+def classifier_fast_path(x, num_classes, scale, bias, normalize, eps, backend, etf=False) -> torch.Tensor | None:
     """``hadamard_classifier(x, ...)`` through the op cached in _FAST_OPS, or None where the
     full path must run (first call, torch.compile, arguments the op cannot take as they are,
     or any error). nn.HadamardClassifier.forward has the same lines written out."""
@@ -223,7 +241,7 @@ def classifier_fast_path(x, num_classes, scale, bias, normalize, eps, backend) -
         # the op checks everything else.
         if (fwd is not None and type(num_classes) is int and isinstance(scale, torch.Tensor)
                 and eps >= _EPS_ALWAYS_OK and (bias is None or bias.dtype == x.dtype)):
-            return fwd(x, scale, bias, num_classes, normalize, eps)
+            return fwd(x, scale, bias, num_classes, normalize, eps, etf)
     except _OP_ERRORS:
         pass  # the full path raises the error with the argument's name
     return None
@@ -237,6 +255,7 @@ def hadamard_classifier(
     *,
     normalize: bool = True,
     eps: float = 1e-12,
+    etf: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor:
     """The fixed Hadamard classifier of Hoffer et al. (ICLR 2018), fused in one kernel.
@@ -246,6 +265,13 @@ def hadamard_classifier(
     Sylvester Hadamard matrix (entries +-1); the result has shape ``(..., C)`` and x's
     dtype. Dense equivalent:
     ``scale * F.linear(F.normalize(x, dim=-1, eps=eps), H_M[:C, :N]) + bias``.
+
+    With ``etf=True`` the weight is the simplex equiangular tight frame (Papyan et al. 2020,
+    Zhu et al. 2021) built from the C orthonormal rows ``U = H_N[:C, :N] / sqrt(N)``:
+    ``y = scale * sqrt(C / (C-1)) * (U x_hat - mean_over_classes(U x_hat)) + bias``, whose
+    C weight rows have unit norm and pairwise cosine -1 / (C-1)
+    (``reference.simplex_etf_matrix`` builds it densely). It needs N a power of two and
+    2 <= C <= N (else ValueError); the centring is fused into the same kernel.
 
     Args:
         x: float32 / float64 / float16 / bfloat16 features, at least one, any strides.
@@ -264,7 +290,7 @@ def hadamard_classifier(
 
     Gradients flow to x, scale and bias.
     """
-    y = classifier_fast_path(x, num_classes, scale, bias, normalize, eps, backend)
+    y = classifier_fast_path(x, num_classes, scale, bias, normalize, eps, backend, etf)
     if y is not None:
         return y
     op = "hadamard_classifier"
@@ -278,6 +304,10 @@ def hadamard_classifier(
         raise ValueError(f"{op}: x must have at least one feature, got shape {tuple(x.shape)}")
     _check_size(n, num_classes, op)
     _check_eps(eps, x.dtype, op)
+    if not isinstance(etf, bool):
+        raise TypeError(f"{op}: etf must be a bool, got {type(etf).__name__}")
+    if etf:
+        _check_etf_size(n, num_classes, op)
     if isinstance(scale, numbers.Real) and not isinstance(scale, bool):
         # float64 x keeps a float64 scale: float32 would round it (1e-8 relative error).
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -305,13 +335,13 @@ def hadamard_classifier(
     name = _resolve_backend(backend, x, op)
     if name == "reference":
         return reference.hadamard_classifier_reference(
-            x, num_classes, scale, bias, normalize=normalize, eps=eps
+            x, num_classes, scale, bias, normalize=normalize, eps=eps, etf=etf
         )
     if name == "triton":
         fwd = torch.ops.hadamard_kernels.classifier_forward_triton.default
     else:
         fwd = torch.ops.hadamard_kernels.classifier_forward.default
-    y = fwd(x, scale, bias, num_classes, normalize, eps)
+    y = fwd(x, scale, bias, num_classes, normalize, eps, etf)
     if name in ("cpu", "cuda"):  # ops whose C++ checks are complete
         _FAST_OPS[("hadamard_classifier", backend, x.device)] = fwd._op
     return y
@@ -334,7 +364,7 @@ def _transform_fake(x: torch.Tensor, out_features: int, scale: float) -> torch.T
 
 
 @torch.library.register_fake("hadamard_kernels::classifier_forward")
-def _classifier_forward_fake(x, scale, bias, num_classes, normalize, eps):
+def _classifier_forward_fake(x, scale, bias, num_classes, normalize, eps, etf=False):
     torch._check(x.dim() >= 1, lambda: "classifier_forward: x must have at least 1 dimension")
     torch._check(x.dtype in _FLOAT_DTYPES, lambda: f"classifier_forward: unsupported dtype {x.dtype}")
     torch._check(num_classes >= 1, lambda: "classifier_forward: num_classes must be >= 1")
@@ -345,15 +375,19 @@ def _classifier_forward_fake(x, scale, bias, num_classes, normalize, eps):
         torch._check(bias.shape == (num_classes,), lambda: "classifier_forward: bias must be (num_classes,)")
         torch._check(bias.dtype == x.dtype, lambda: "classifier_forward: bias dtype must equal x dtype")
         torch._check(bias.device == x.device, lambda: f"classifier_forward: bias is on {bias.device}, x on {x.device}")
+    if etf:
+        _check_etf_size(x.shape[-1], num_classes, "classifier_forward")
     return x.new_empty(_out_shape(x, num_classes))
 
 
 @torch.library.register_fake("hadamard_kernels::classifier_backward")
-def _classifier_backward_fake(grad_y, x, scale, normalize, eps):
+def _classifier_backward_fake(grad_y, x, scale, normalize, eps, etf=False):
     torch._check(grad_y.shape[:-1] == x.shape[:-1], lambda: "classifier_backward: grad_y/x shape mismatch")
     torch._check(grad_y.dtype == x.dtype, lambda: "classifier_backward: grad_y dtype must equal x dtype")
     torch._check(grad_y.device == x.device and scale.device == x.device,
                  lambda: "classifier_backward: grad_y, x and scale must be on one device")
+    if etf:
+        _check_etf_size(x.shape[-1], grad_y.shape[-1], "classifier_backward")
     return classifier_backward_outputs(grad_y, x, scale)
 
 
@@ -376,12 +410,13 @@ def classifier_backward_outputs(grad_y: torch.Tensor, x: torch.Tensor, scale: to
 
 
 def classifier_setup_context(ctx, inputs, output) -> None:
-    """setup_context of every classifier forward op (inputs: x, scale, bias, C, normalize, eps)."""
-    x, scale, bias, _, normalize, eps = inputs
+    """setup_context of every classifier forward op (inputs: x, scale, bias, C, normalize, eps, etf)."""
+    x, scale, bias, _, normalize, eps, etf = inputs
     ctx.save_for_backward(x, scale)
     ctx.bias_dtype = None if bias is None else bias.dtype
     ctx.normalize = normalize
     ctx.eps = eps
+    ctx.etf = etf
 
 
 def _row_norm(x: torch.Tensor) -> torch.Tensor:
@@ -407,13 +442,15 @@ def classifier_grads_differentiable(
     scale: torch.Tensor,
     normalize: bool,
     eps: float,
+    etf: bool = False,
     transform: Callable | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_scale, grad_bias) of the classifier, as the fused backward op returns
     them, computed with differentiable torch ops and ``transform(t, out_features, scale)``
     (an op with autograd; default: the C++ transform, or the reference off its devices).
 
-    With g = dL/dy, u = H_M[:N, :C] g (the adjoint), r = ||x||, d = max(r, eps):
+    With g = dL/dy, u = W^T g (the adjoint: H_M[:N, :C] g, or for the simplex ETF
+    ``f H_N[:N, :C] (g - mean(g))`` with f = sqrt(C / ((C-1) N))), r = ||x||, d = max(r, eps):
         dL/dscale = sum u . x_hat,  dL/dbias = sum g,
         dL/dx = (scale u - [r >= eps] x_hat (x_hat . scale u)) / d   (normalize)
               = scale u                                             (otherwise).
@@ -422,7 +459,7 @@ def classifier_grads_differentiable(
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     n, c = x.shape[-1], grad.shape[-1]
     g, xa, s = grad.to(acc), x.to(acc), scale.to(acc).reshape(())
-    u = transform(g, n, 1.0)
+    u = transform(g - g.mean(-1, keepdim=True), n, etf_factor(c, n)) if etf else transform(g, n, 1.0)
     if normalize:
         r = _row_norm(xa)
         d = r.clamp_min(eps)
@@ -446,11 +483,11 @@ def make_classifier_backward(backward_op: Callable, transform: Callable | None =
     def backward(ctx, grad: torch.Tensor):
         x, scale = ctx.saved_tensors
         if torch.is_grad_enabled():
-            grads = classifier_grads_differentiable(grad, x, scale, ctx.normalize, ctx.eps, transform)
+            grads = classifier_grads_differentiable(grad, x, scale, ctx.normalize, ctx.eps, ctx.etf, transform)
         else:
-            grads = backward_op(grad, x, scale, ctx.normalize, ctx.eps)
+            grads = backward_op(grad, x, scale, ctx.normalize, ctx.eps, ctx.etf)
         grad_x, grad_scale, grad_bias = grads
         grad_bias = None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype)
-        return grad_x, grad_scale, grad_bias, None, None, None
+        return grad_x, grad_scale, grad_bias, None, None, None, None
 
     return backward

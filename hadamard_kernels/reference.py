@@ -7,6 +7,8 @@ the result is cast back.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -20,6 +22,7 @@ __all__ = [
     "hadamard_transform_kn_reference",
     "hadamard_transform_order_reference",
     "hadamard_classifier_reference",
+    "simplex_etf_matrix",
     "QUANT_MAX",
     "quantize_reference",
     "fwht_quantize_reference",
@@ -156,17 +159,39 @@ def hadamard_classifier_reference(
     *,
     normalize: bool = True,
     eps: float = 1e-12,
+    etf: bool = False,
 ) -> torch.Tensor:
-    """The fixed Hadamard classifier: ``scale * H_M[:C, :N] @ x_hat + bias`` with
-    ``x_hat = x / max(||x||_2, eps)`` (``F.normalize``) or ``x`` if not normalize.
+    """The fixed Hadamard classifier: ``scale * W @ x_hat + bias`` with
+    ``x_hat = x / max(||x||_2, eps)`` (``F.normalize``) or ``x`` if not normalize, and
+    ``W = H_M[:C, :N]``, or with ``etf`` the simplex ETF :func:`simplex_etf_matrix`.
     Shape (..., N) -> (..., C), C = num_classes."""
     x_hat = F.normalize(x, dim=-1, eps=eps) if normalize else x
     if isinstance(scale, torch.Tensor):
         scale = scale.reshape(())  # a (1, 1) scale must not broadcast extra dims into y
-    y = scale * hadamard_transform_reference(x_hat, num_classes)
+    if etf:
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        w = simplex_etf_matrix(x.shape[-1], num_classes, dtype=acc, device=x.device)
+        y = scale * F.linear(x_hat.to(acc), w)
+    else:
+        y = scale * hadamard_transform_reference(x_hat, num_classes)
     if bias is not None:
         y = y + bias
     return y.to(x.dtype)
+
+
+def simplex_etf_matrix(
+    in_features: int, num_classes: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The (C, N) simplex ETF of the ETF head, built densely:
+    ``sqrt(C / (C - 1)) * (U - mean_over_rows(U))`` with ``U = H_N[:C, :N] / sqrt(N)``, the
+    C orthonormal Hadamard rows (N a power of two, 2 <= C <= N). Its rows have unit norm and
+    pairwise cosine -1 / (C - 1) (Papyan et al. 2020; Zhu et al. 2021)."""
+    n, c = in_features, num_classes
+    if n < 1 or n & (n - 1) or not 2 <= c <= n:
+        raise ValueError(f"simplex_etf_matrix: needs N a power of two and 2 <= C <= N, got N={n}, C={c}")
+    u = hadamard_matrix(n, dtype=torch.float64)[:c] / math.sqrt(n)
+    w = math.sqrt(c / (c - 1)) * (u - u.mean(0, keepdim=True))
+    return w.to(dtype=dtype, device=device)
 
 
 # The largest code magnitude of each quantised format (symmetric: int8 uses -127 .. 127).

@@ -938,10 +938,12 @@ def classifier_forward_triton(
     num_classes: int,
     normalize: bool,
     eps: float,
+    etf: bool = False,
 ) -> torch.Tensor:
     """``scale * H_M[:C, :N] @ (x / max(||x||, eps)) + bias`` (Triton kernel)."""
     op = _FORWARD
     _check_classifier(x, scale, num_classes, eps, op)
+    torch._check(not etf, lambda: f"{op}: the simplex ETF head has no Triton kernel yet")
     if bias is not None:
         _check_bias(bias, x, num_classes, op)
     _check_device(x, op)
@@ -965,7 +967,7 @@ def classifier_forward_triton(
 
 
 @classifier_forward_triton.register_fake
-def _(x, scale, bias, num_classes, normalize, eps):
+def _(x, scale, bias, num_classes, normalize, eps, etf=False):
     _check_classifier(x, scale, num_classes, eps, _FORWARD)
     if bias is not None:
         _check_bias(bias, x, num_classes, _FORWARD)
@@ -974,13 +976,14 @@ def _(x, scale, bias, num_classes, normalize, eps):
 
 @torch.library.custom_op(_BACKWARD, mutates_args=())
 def classifier_backward_triton(
-    grad_y: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, normalize: bool, eps: float
+    grad_y: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, normalize: bool, eps: float, etf: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dL/dx, dL/dscale, dL/dbias)`` of classifier_forward_triton (Triton kernel);
     dL/dbias in float32 (float64 for float64 input), the caller casts it."""
     op = _BACKWARD
     num_classes = grad_y.shape[-1]
     _check_classifier(x, scale, num_classes, eps, op)
+    torch._check(not etf, lambda: f"{op}: the simplex ETF head has no Triton kernel yet")
     _check_grad(grad_y, x, op)
     _check_device(x, op)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -1009,7 +1012,7 @@ def classifier_backward_triton(
 
 
 @classifier_backward_triton.register_fake
-def _(grad_y, x, scale, normalize, eps):
+def _(grad_y, x, scale, normalize, eps, etf=False):
     _check_classifier(x, scale, grad_y.shape[-1], eps, _BACKWARD)
     _check_grad(grad_y, x, _BACKWARD)
     return ops.classifier_backward_outputs(grad_y, x, scale)

@@ -88,15 +88,16 @@ at::Tensor hadamard_transform_cuda(const at::Tensor& x, int64_t out_features, do
 // Same checks as the CPU op (csrc/ops.cpp).
 at::Tensor classifier_forward_cuda(const at::Tensor& x, const at::Tensor& scale,
                                    const std::optional<at::Tensor>& bias, int64_t num_classes, bool normalize,
-                                   double eps) {
+                                   double eps, bool etf) {
   constexpr const char* op = "hadamard_kernels::classifier_forward";
-  check_classifier_args(x, scale, num_classes, eps, op);
+  check_classifier_args(x, scale, num_classes, eps, etf, op);
+  TORCH_CHECK_NOT_IMPLEMENTED(!etf, op, ": the simplex ETF head has no CUDA kernel yet");
   const at::Tensor bias_c = checked_bias(bias, x, num_classes, op);
   const c10::cuda::CUDAGuard device_guard(x.device());
   at::Tensor y = at::empty(with_last_dim(x, num_classes), x.options());
   if (y.numel() == 0) return y;
   const at::Tensor rows = as_rows(x);
-  const ClassifierParams cp{make_params(rows, num_classes, 1.0), normalize, eps};
+  const ClassifierParams cp{make_params(rows, num_classes, 1.0), normalize, eps, etf};
   const at::Tensor alpha = alpha_on_device(scale, at::toOpMathType(x.scalar_type()));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "classifier_forward_cuda", [&] {
@@ -113,9 +114,10 @@ at::Tensor classifier_forward_cuda(const at::Tensor& x, const at::Tensor& scale,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x,
                                                                         const at::Tensor& scale, bool normalize,
-                                                                        double eps) {
+                                                                        double eps, bool etf) {
   constexpr const char* op = "hadamard_kernels::classifier_backward";
-  check_backward_args(grad_y, x, scale, eps, op);
+  check_backward_args(grad_y, x, scale, eps, etf, op);
+  TORCH_CHECK_NOT_IMPLEMENTED(!etf, op, ": the simplex ETF head has no CUDA kernel yet");
   const c10::cuda::CUDAGuard device_guard(x.device());
   const at::ScalarType acc_type = at::toOpMathType(x.scalar_type());
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
@@ -128,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cuda(const at
   // (deterministic: no atomics), then cast to scale's dtype and shape like the CPU op.
   at::Tensor contrib = at::empty({rows}, x.options().dtype(acc_type));
   if (rows > 0) {
-    const ClassifierParams cp{make_params(g_rows, x.size(-1), 1.0), normalize, eps};
+    const ClassifierParams cp{make_params(g_rows, x.size(-1), 1.0), normalize, eps, etf};
     const at::Tensor alpha = alpha_on_device(scale, acc_type);
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "classifier_backward_cuda", [&] {
