@@ -1,5 +1,6 @@
-"""Fixed classifiers of Hoffer, Hubara & Soudry (ICLR 2018): drop-in replacements for the
-last ``nn.Linear`` of a classifier that learn only a scale and a bias."""
+"""Fixed classifiers of Hoffer, Hubara & Soudry (ICLR 2018), and the simplex ETF head of the
+neural-collapse papers: drop-in replacements for the last ``nn.Linear`` of a classifier that
+learn only a scale and a bias."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import nn
 from . import ops, reference
 from .ops import hadamard_classifier
 
-__all__ = ["HadamardClassifier", "OrthogonalClassifier"]
+__all__ = ["HadamardClassifier", "OrthogonalClassifier", "SimplexETFClassifier"]
 
 
 def _got(value: object) -> str:
@@ -144,10 +145,13 @@ class HadamardClassifier(_FixedClassifier):
         super().__init__(in_features, num_classes, bias, init_scale, learn_scale, normalize, eps, device, dtype)
         self.backend = backend
 
+    # The weight: H_M[:C, :N] here, the simplex ETF in SimplexETFClassifier.
+    _etf = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.size(-1) != self.in_features:
             raise ValueError(
-                f"HadamardClassifier: expected {self.in_features} input features, got shape {tuple(x.shape)}"
+                f"{type(self).__name__}: expected {self.in_features} input features, got shape {tuple(x.shape)}"
             )
         # ops.classifier_fast_path written out: at batch 1 the extra Python frame cost ~8% of
         # the call, the margin between this head and nn.Linear(512, 10) (benchmarks/sweep.py).
@@ -156,11 +160,12 @@ class HadamardClassifier(_FixedClassifier):
                 fwd = ops._FAST_OPS.get(("hadamard_classifier", self.backend, x.device))
                 bias, eps = self.bias, self.eps
                 if fwd is not None and eps >= ops._EPS_ALWAYS_OK and (bias is None or bias.dtype == x.dtype):
-                    return fwd(x, self.scale, bias, self.num_classes, self.normalize, eps)
+                    return fwd(x, self.scale, bias, self.num_classes, self.normalize, eps, self._etf)
             except ops._OP_ERRORS:
                 pass  # hadamard_classifier below raises the error with the argument's name
         return hadamard_classifier(
-            x, self.num_classes, self.scale, self.bias, normalize=self.normalize, eps=self.eps, backend=self.backend
+            x, self.num_classes, self.scale, self.bias, normalize=self.normalize, eps=self.eps, etf=self._etf,
+            backend=self.backend,
         )
 
 
@@ -224,3 +229,72 @@ class OrthogonalClassifier(_FixedClassifier):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", seed={self.seed}"
+
+
+class SimplexETFClassifier(HadamardClassifier):
+    """``y = alpha * sqrt(C/(C-1)) * (U x_hat - mean_over_classes(U x_hat)) + b``: a fixed
+    simplex equiangular tight frame head (Papyan, Han & Donoho 2020; Zhu et al., NeurIPS
+    2021; Yang et al., NeurIPS 2022), with ``U = H_N[:C, :N] / sqrt(N)`` (C orthonormal
+    Hadamard rows) and ``x_hat = x / ||x||``.
+
+    Its implied weight ``W = sqrt(C/(C-1)) (I - 11^T/C) U`` has C unit rows with pairwise
+    cosine -1/(C-1), the largest equal separation C directions can have, and is never stored:
+    :func:`hadamard_kernels.hadamard_classifier` with ``etf=True`` computes it with the
+    fused Hadamard head and subtracts the mean in the same kernel (forward and backward).
+    Drop-in for ``nn.Linear(in_features, num_classes)``: input ``(..., N)``, output
+    ``(..., C)``; learns alpha and b only. Needs ``in_features`` a power of two and
+    ``2 <= num_classes <= in_features`` (else ValueError): only then are the rows of U
+    orthonormal.
+
+    Under softmax the centring cancels (softmax is shift-invariant): the class probabilities
+    equal those of :class:`HadamardClassifier` with alpha multiplied by
+    ``sqrt(C / ((C-1) N))``, so cross-entropy training differs only in alpha's scale. The
+    ETF differs where the logits themselves are used: they sum to zero over the classes, and
+    the rows are the neural-collapse geometry (losses on logits, logit-based scores,
+    distillation).
+
+    ``init_scale`` defaults to -10: unit rows and a unit x_hat give logits in [-1, 1], so
+    alpha must start large enough for the softmax to be trainable (as for
+    :class:`OrthogonalClassifier`, whose default is 10), and negative because, as in the
+    Hadamard head, row 0 dominates every other row entry by entry (``W[c] <= W[0]``): on
+    non-negative features class 0's logit is the largest for alpha > 0 and the smallest for
+    alpha < 0, and the Hadamard head trains better from the negative side
+    (examples/README.md).
+    """
+
+    _etf = True
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        bias: bool = True,
+        init_scale: float = -10.0,
+        learn_scale: bool = True,
+        *,
+        normalize: bool = True,
+        eps: float = 1e-12,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        name = type(self).__name__
+        _check_int(name, "in_features", in_features, 1)
+        _check_int(name, "num_classes", num_classes, 1)
+        if in_features & (in_features - 1) or not 2 <= num_classes <= in_features:
+            raise ValueError(
+                f"{name}: needs in_features a power of two and 2 <= num_classes <= in_features (the C rows "
+                f"are orthonormal Hadamard rows), got in_features={in_features}, num_classes={num_classes}"
+            )
+        super().__init__(
+            in_features, num_classes, bias, init_scale, learn_scale,
+            normalize=normalize, eps=eps, backend=backend, device=device, dtype=dtype,
+        )  # fmt: skip
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The implied (C, N) weight, built densely on request (for inspection and tests;
+        forward never builds it), in the dtype and on the device of alpha."""
+        return reference.simplex_etf_matrix(
+            self.in_features, self.num_classes, dtype=self.scale.dtype, device=self.scale.device
+        )

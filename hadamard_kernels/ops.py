@@ -165,13 +165,12 @@ def _check_size(n: int, out_features: int, op: str) -> None:
 
 
 def _check_etf_size(n: int, num_classes: int, op: str) -> None:
-    """The simplex ETF head's sizes: N a power of two and 2 <= C <= N (torch._check, so that
-    fake kernels can call it too; ValueError)."""
-    torch._check_value(
-        n & (n - 1) == 0 and 2 <= num_classes <= n,
-        lambda: f"{op}: the simplex ETF head needs in_features N a power of two and 2 <= num_classes <= N "
-        f"(its C rows are orthonormal Hadamard rows), got N={n}, num_classes={num_classes}",
-    )
+    """The simplex ETF head's sizes: N a power of two and 2 <= C <= N, else ValueError."""
+    if n & (n - 1) or not 2 <= num_classes <= n:
+        raise ValueError(
+            f"{op}: the simplex ETF head needs in_features N a power of two and 2 <= num_classes <= N "
+            f"(its C rows are orthonormal Hadamard rows), got N={n}, num_classes={num_classes}"
+        )
 
 
 def etf_factor(num_classes: int, n: int) -> float:

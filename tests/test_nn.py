@@ -1,4 +1,5 @@
-"""hadamard_kernels.nn: HadamardClassifier and OrthogonalClassifier."""
+"""hadamard_kernels.nn: HadamardClassifier and OrthogonalClassifier; SimplexETFClassifier in the
+generic tests whose sizes it accepts (its own tests: test_etf.py)."""
 
 import math
 
@@ -8,11 +9,13 @@ import torch.nn.functional as F
 from conftest import RTOL, dtype_id, rel_err
 
 from hadamard_kernels import reference as R
-from hadamard_kernels.nn import HadamardClassifier, OrthogonalClassifier
+from hadamard_kernels.nn import HadamardClassifier, OrthogonalClassifier, SimplexETFClassifier
 
 # (N, C): C < N, C = N, C > N (the paper's caveat).
 CASES = [(16, 4), (16, 16), (8, 10), (3, 1000), (100, 10), (1, 1)]
 HEADS = [HadamardClassifier, OrthogonalClassifier]
+# Tests whose sizes are N a power of two and 2 <= C <= N run the ETF head too.
+ALL_HEADS = [*HEADS, SimplexETFClassifier]
 
 
 def nc_id(case) -> str:
@@ -25,6 +28,10 @@ def head_id(cls) -> str:
 
 def dense_weight(head) -> torch.Tensor:
     """The (C, N) matrix the head multiplies x_hat by, in float64."""
+    if isinstance(head, SimplexETFClassifier):
+        n, c = head.in_features, head.num_classes
+        u = R.hadamard_matrix(n)[:c] / math.sqrt(n)
+        return math.sqrt(c / (c - 1)) * (u - u.mean(0))
     if isinstance(head, HadamardClassifier):
         m = R.next_pow2(max(head.in_features, head.num_classes))
         return R.hadamard_matrix(m)[: head.num_classes, : head.in_features]
@@ -73,7 +80,7 @@ def test_hadamard_head_matches_functional_reference(case):
     assert rel_err(head.double()(x), ref) <= RTOL[torch.float64]
 
 
-@pytest.mark.parametrize("cls", HEADS, ids=head_id)
+@pytest.mark.parametrize("cls", ALL_HEADS, ids=head_id)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("learn_scale", [True, False], ids=["learn", "fixed"])
 def test_parameter_count(cls, bias, learn_scale):
@@ -101,13 +108,13 @@ def test_default_init_scales(c):
     assert OrthogonalClassifier(16, c, init_scale=3.0).scale.item() == pytest.approx(3.0)
 
 
-@pytest.mark.parametrize("cls", HEADS, ids=head_id)
+@pytest.mark.parametrize("cls", ALL_HEADS, ids=head_id)
 def test_bias_starts_at_zero(cls):
     head = cls(16, 10)
     assert torch.equal(head.bias, torch.zeros(10))
 
 
-@pytest.mark.parametrize("cls", HEADS, ids=head_id)
+@pytest.mark.parametrize("cls", ALL_HEADS, ids=head_id)
 def test_extra_repr(cls):
     text = repr(cls(64, 10, bias=False, learn_scale=False, normalize=False))
     assert text.startswith(f"{cls.__name__}(")
@@ -186,7 +193,7 @@ def test_orthogonal_weight_is_buffer():
     assert all(name != "weight" for name, _ in head.named_parameters())
 
 
-@pytest.mark.parametrize("cls", HEADS, ids=head_id)
+@pytest.mark.parametrize("cls", ALL_HEADS, ids=head_id)
 @pytest.mark.parametrize("shape", [(4, 15), (4, 17), (17,)], ids=lambda s: f"x{list(s)}")
 def test_wrong_feature_count(cls, shape):
     head = cls(16, 10)
@@ -221,7 +228,7 @@ BAD_ARGS = [
 ]
 
 
-@pytest.mark.parametrize("cls", HEADS, ids=head_id)
+@pytest.mark.parametrize("cls", ALL_HEADS, ids=head_id)
 @pytest.mark.parametrize("kwargs,exc,match", BAD_ARGS, ids=lambda v: str(v) if isinstance(v, dict) else "")
 def test_constructor_rejects_bad_arguments(cls, kwargs, exc, match):
     args = {"in_features": 16, "num_classes": 10, **kwargs}
@@ -267,7 +274,7 @@ def test_gradients_match_formula(cls, normalize):
         assert rel_err(gv, wv) <= RTOL[torch.float64]
 
 
-@pytest.mark.parametrize("cls", HEADS, ids=head_id)
+@pytest.mark.parametrize("cls", ALL_HEADS, ids=head_id)
 def test_training_step(cls):
     # A tiny separable problem: features from class-dependent means.
     torch.manual_seed(0)
@@ -311,10 +318,10 @@ def test_hadamard_backend_argument(backend):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cls", HEADS, ids=head_id)
+@pytest.mark.parametrize("cls", ALL_HEADS, ids=head_id)
 def test_compile_model_fullgraph(cls):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(12, 24), torch.nn.ReLU(), cls(24, 10))
+    model = torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.ReLU(), cls(32, 10))
     randomise(model[2])
     x, labels = torch.randn(8, 12), torch.arange(8) % 10
 
