@@ -2,14 +2,17 @@
 """Learned vs fixed classifiers on Fashion-MNIST: the paper's Table 1 in miniature.
 
 Hoffer, Hubara & Soudry, "Fix your classifier: the marginal value of training the last
-weight layer" (ICLR 2018). The same small CNN and MLP are trained with three heads - a
-learned ``nn.Linear``, ``OrthogonalClassifier`` and ``HadamardClassifier`` - and compared
-on the full test set. Experiments (``--experiments``, default all):
+weight layer" (ICLR 2018). The same small CNN and MLP are trained with four heads - a
+learned ``nn.Linear``, ``OrthogonalClassifier``, ``HadamardClassifier`` and, from the later
+neural-collapse work, ``SimplexETFClassifier`` - and compared on the full test set.
+Experiments (``--experiments``, default all):
 
-  main   3 heads x models x seeds: accuracy (mean, spread), curves, params, learned alpha
-  alpha  alpha fixed at each of --alphas vs learned (the paper's Fig. 3)
+  main   4 heads x models x seeds: accuracy (mean, spread), curves, params, learned alpha
+  alpha  alpha fixed at each of --alphas vs learned (the paper's Fig. 3; the paper's two
+         fixed heads only)
   cgtn   more classes than features (C=10 > N=--small-features): past the paper's caveat,
          with the ReLU before the head and without it, and C <= N=--control-features
+         (the ETF head only where it exists: N a power of two >= C)
   ddp    2-process DistributedDataParallel (gloo, CPU): accuracy, replicas in sync, and
          the gradient bytes all-reduced per step, measured, also for an ImageNet-sized head
 
@@ -199,7 +202,9 @@ def experiment_main(args, train, test, device) -> dict:
 
 
 def experiment_alpha(args, train, test, device, main: dict | None) -> dict:
-    fixed = [h for h in args.heads if h != "linear"]
+    # The paper's two fixed heads. The ETF head's softmax is the Hadamard head's with alpha
+    # times sqrt(C / ((C-1) N)) (nn.SimplexETFClassifier), so its sweep would repeat that one.
+    fixed = [h for h in args.heads if h in ("orthogonal", "hadamard")]
     alphas = {h: list(args.alphas) for h in fixed}
     if "hadamard" in alphas and not args.no_negative_alphas:
         alphas["hadamard"] += [-a for a in args.alphas if -a not in args.alphas]
@@ -232,11 +237,17 @@ def hadamard_collisions(classes: int, features: int) -> list[dict]:
     return found
 
 
+def etf_fits(features: int, classes: int) -> bool:
+    """Whether the simplex ETF head exists for these sizes (N a power of two, 2 <= C <= N)."""
+    return features & (features - 1) == 0 and 2 <= classes <= features
+
+
 def experiment_cgtn(args, train, test, device) -> dict:
     n = args.small_features
     layers = [(n, True)] + ([] if args.no_cgtn_variants else [(n, False), (args.control_features, True)])
     configs = [replace(_base(args, model=args.cgtn_model, head=h, seed=s), features=f, relu_features=relu)
-               for s in args.seeds for f, relu in layers for h in args.heads]
+               for s in args.seeds for f, relu in layers for h in args.heads
+               if h != "etf" or etf_fits(f, len(CLASSES))]
     runs = _run_all(configs, train, test, device, args)
     return {"model": args.cgtn_model, "features": n, "classes": len(CLASSES), "layers": layers,
             "hadamard_collisions": hadamard_collisions(len(CLASSES), n),
@@ -260,7 +271,7 @@ def experiment_ddp(args, train, test, main: dict | None) -> dict:
     gen = torch.Generator().manual_seed(0)
     probe = Split(torch.randn(steps * args.batch_size, 256, generator=gen),
                   torch.randint(0, c, (steps * args.batch_size,), generator=gen))
-    for h in args.heads:
+    for h in (h for h in args.heads if h != "etf" or etf_fits(n, c)):
         cfg = RunConfig(model="probe", head=h, features=n, classes=c, epochs=1, batch_size=args.batch_size,
                         lr=args.lr, momentum=args.momentum)
         jobs.append((DDPConfig(cfg, max_steps=steps), probe, None))

@@ -118,7 +118,7 @@ def test_smoke_run_learns_and_writes_results(fashion_data, tmp_path):
         sys.executable, str(REPO / "examples" / "fashion_mnist.py"),
         "--train-subset", "3000", "--test-subset", "1000", "--epochs", "3", "--seeds", "0",
         "--alpha-model", "mlp", "--cgtn-model", "mlp", "--ddp-model", "mlp", "--alphas", "0.1", "10",
-        "--probe-classes", "100", "--probe-features", "64", "--probe-steps", "3",
+        "--probe-classes", "100", "--probe-features", "128", "--probe-steps", "3",
         "--threads", "1", "--no-progress", "--out-dir", str(tmp_path),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -130,13 +130,14 @@ def test_smoke_run_learns_and_writes_results(fashion_data, tmp_path):
     assert results["environment"]["torch"] == torch.__version__
 
     main = {(r["model"], r["head"]): r for r in results["main"]["summary"]}
-    assert len(main) == 6
+    assert len(main) == 8
     for (model, head), row in main.items():
         # Chance is 10 %. The CNN's Hadamard head starts slowly on ReLU features (see
         # examples/README.md), hence the lower bar for the CNN after ~70 steps.
         assert row["acc_mean"] > (60 if model == "mlp" else 30), (model, head, row["acc_mean"])
         assert row["params_head"] == (10 * 128 + 10 if head == "linear" else 10 + 1)
     assert main["cnn", "linear"]["params_total"] - main["cnn", "hadamard"]["params_total"] == 10 * 128 - 1
+    assert main["cnn", "etf"]["params_total"] == main["cnn", "hadamard"]["params_total"]
     for run in results["main"]["runs"]:
         curve = run["curve"]
         assert len(curve["train_loss"]) == len(curve["step"]) > 0
@@ -150,7 +151,7 @@ def test_smoke_run_learns_and_writes_results(fashion_data, tmp_path):
     }
     cgtn = {(r["features"], r["relu_features"], r["head"]) for r in results["cgtn"]["summary"]}
     assert cgtn == {(n, relu, h) for n, relu in ((8, True), (8, False), (16, True))
-                    for h in ("linear", "orthogonal", "hadamard")}
+                    for h in ("linear", "orthogonal", "hadamard")} | {(16, True, "etf")}  # an ETF needs C <= N
     assert len(results["cgtn"]["hadamard_collisions"]) == 2
 
     ddp = results["ddp"]["results"]
@@ -160,8 +161,9 @@ def test_smoke_run_learns_and_writes_results(fashion_data, tmp_path):
     probe = {(r["config"]["run"]["head"], r["config"]["forward_sync_buffers"]): r for r in ddp
              if r["config"]["run"]["model"] == "probe"}
     saved = probe["linear", True]["grad_bytes_per_step"] - probe["hadamard", True]["grad_bytes_per_step"]
-    assert saved == 4 * (100 * 64 - 1)  # C x N weights + C biases vs C biases + alpha
-    assert probe["orthogonal", True]["buffer_bytes_per_step"] == 4 * 100 * 64
+    assert saved == 4 * (100 * 128 - 1)  # C x N weights + C biases vs C biases + alpha
+    assert probe["etf", True]["grad_bytes_per_step"] == probe["hadamard", True]["grad_bytes_per_step"]
+    assert probe["orthogonal", True]["buffer_bytes_per_step"] == 4 * 100 * 128
     assert probe["orthogonal", False]["buffer_bytes_per_step"] == 0
 
     (tmp_path / "results.md").unlink()

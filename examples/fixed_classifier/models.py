@@ -1,4 +1,4 @@
-"""The two small networks of the example and the three heads they are trained with.
+"""The two small networks of the example and the four heads they are trained with.
 
 Every network ends in a feature layer of ``features`` units followed by a head, the layer
 the paper fixes: ``nn.Linear(features, classes)`` (learned, C x N + C parameters) or one of
@@ -9,21 +9,22 @@ from __future__ import annotations
 
 from torch import nn
 
-from hadamard_kernels.nn import HadamardClassifier, OrthogonalClassifier
+from hadamard_kernels.nn import HadamardClassifier, OrthogonalClassifier, SimplexETFClassifier
 
-HEADS = ("linear", "orthogonal", "hadamard")
+HEADS = ("linear", "orthogonal", "hadamard", "etf")
 MODELS = ("cnn", "mlp", "probe")
 
 
 def make_head(kind: str, features: int, classes: int, alpha: float | None = None, seed: int = 0) -> nn.Module:
-    """The classifier layer: ``alpha=None`` learns alpha from the paper's initial value
-    (-1/sqrt(C) for Hadamard, 10 for orthogonal); a number fixes alpha (the Fig. 3 sweep).
+    """The classifier layer: ``alpha=None`` learns alpha from the head's default initial value
+    (the paper's -1/sqrt(C) for Hadamard and 10 for orthogonal; -10 for the simplex ETF); a
+    number fixes alpha (the Fig. 3 sweep).
     ``seed`` draws the orthogonal head's fixed matrix."""
     if kind == "linear":
         if alpha is not None:
             raise ValueError("make_head: the learned linear head has no alpha to fix")
         return nn.Linear(features, classes)
-    cls = {"orthogonal": OrthogonalClassifier, "hadamard": HadamardClassifier}.get(kind)
+    cls = {"orthogonal": OrthogonalClassifier, "hadamard": HadamardClassifier, "etf": SimplexETFClassifier}.get(kind)
     if cls is None:
         raise ValueError(f"make_head: head must be one of {HEADS}, got {kind!r}")
     kwargs = {"seed": seed} if kind == "orthogonal" else {}

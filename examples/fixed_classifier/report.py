@@ -12,8 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-HEAD_LABEL = {"linear": "learned nn.Linear", "orthogonal": "OrthogonalClassifier", "hadamard": "HadamardClassifier"}
-HEAD_COLOR = {"linear": "tab:blue", "orthogonal": "tab:orange", "hadamard": "tab:green"}
+HEAD_LABEL = {"linear": "learned nn.Linear", "orthogonal": "OrthogonalClassifier", "hadamard": "HadamardClassifier",
+              "etf": "SimplexETFClassifier"}
+HEAD_COLOR = {"linear": "tab:blue", "orthogonal": "tab:orange", "hadamard": "tab:green", "etf": "tab:purple"}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -182,7 +183,7 @@ def plot_curves(runs: list[dict], model: str, path: Path) -> None:
 def plot_alpha(runs: list[dict], path: Path) -> None:
     """The learned alpha over training (the paper's Fig. 1), one panel per fixed head and
     one line per seed: with non-negative features the Hadamard head's alpha may change sign."""
-    heads = [h for h in ("orthogonal", "hadamard") if _by(runs, head=h)]
+    heads = [h for h in ("orthogonal", "hadamard", "etf") if _by(runs, head=h)]
     fig, axes = plt.subplots(1, len(heads), figsize=(5.5 * len(heads), 3.8), squeeze=False)
     for ax, head in zip(axes[0], heads):
         for model, style in (("cnn", "-"), ("mlp", "--")):
