@@ -14,7 +14,8 @@ fwht of the next smaller power of two over as many values, time per value (issue
 fast-hadamard-transform's ``hadamard_transform_{12,20,28,40}N`` on CUDA. Quantise rows: the
 fused ``fwht_quantize`` against ``fwht`` followed by the same quantisation in torch ops (issue
 12). Classifier rows: the fused ``hadamard_classifier`` against a learned ``nn.Linear``
-head and against ``alpha * F.linear(F.normalize(x), W) + b``, forward and forward+backward.
+head and against ``alpha * F.linear(F.normalize(x), W) + b``, forward and forward+backward,
+and the simplex ETF head (issue 13) where it exists (N a power of two >= C).
 
 How (benchmarks/timing.py): the candidates of a case take turns in many short rounds; a
 time is the median (--stat) of per-round samples, a ratio the median of the per-round ratios
@@ -370,6 +371,9 @@ def run_classifier_case(case: ClassifierCase, device: torch.device, stat: str) -
     g = torch.randn(case.batch, case.c, device=device, dtype=dtype)
     head = torch.nn.Linear(case.n, case.c, device=device, dtype=dtype)
     fixed = hk.nn.HadamardClassifier(case.n, case.c, device=device, dtype=dtype)
+    # The simplex ETF head (the same kernel plus a mean) where it exists: N a power of two >= C.
+    etf_fits = case.n & (case.n - 1) == 0 and 2 <= case.c <= case.n
+    etf = hk.nn.SimplexETFClassifier(case.n, case.c, device=device, dtype=dtype) if etf_fits else None
     w, b, alpha = head.weight.detach(), head.bias.detach(), fixed.scale.detach()
     xg = x.clone().requires_grad_(True)
 
@@ -379,6 +383,9 @@ def run_classifier_case(case: ClassifierCase, device: torch.device, stat: str) -
         return step
 
     ours = f"fused hadamard_classifier[{backend}]"
+    ours_etf = f"fused simplex ETF head[{backend}]"
+    etf_fwd = {ours_etf: lambda: etf(x)} if etf is not None else {}
+    etf_both = {ours_etf: fwd_bwd(etf)} if etf is not None else {}
     # One loop per pass: a sample batches as many calls as last ~1 ms, so the fused head
     # still gets many calls a round where a dense head takes a second a call.
     with torch.no_grad():
@@ -387,10 +394,12 @@ def run_classifier_case(case: ClassifierCase, device: torch.device, stat: str) -
                 "nn.Linear head": lambda: head(x),
                 "alpha * F.linear(F.normalize(x), W) + b": lambda: alpha * F.linear(F.normalize(x), w) + b,
                 ours: lambda: fixed(x),
+                **etf_fwd,
             },
             device, "nn.Linear head", stat,
         )
-    both = _measure({"nn.Linear head": fwd_bwd(head), ours: fwd_bwd(fixed)}, device, "nn.Linear head", stat)
+    both = _measure({"nn.Linear head": fwd_bwd(head), ours: fwd_bwd(fixed), **etf_both}, device, "nn.Linear head",
+                    stat)
     rows = []
     for pass_, times in (("forward", fwd), ("forward+backward", both)):
         for name, t in times.items():
@@ -539,7 +548,7 @@ def plot(fwht_rows: list[FwhtRow], clf_rows: list[ClassifierRow], title: str, pa
         ax.set_title(f"fwht, {dtype}, {big} elements")
         ax.legend(fontsize=7)
     ax = axes[-1]
-    fwd = [r for r in clf_rows if r.pass_ == "forward" and r.impl.startswith("fused")]
+    fwd = [r for r in clf_rows if r.pass_ == "forward" and r.impl.startswith("fused hadamard")]
     labels = [f"{r.n}->{r.c}\nb={r.batch}" for r in fwd]
     ax.bar(range(len(fwd)), [r.speedup_vs_linear for r in fwd])
     ax.set_xticks(range(len(fwd)), labels, fontsize=6)
