@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"output folder, None for a new folder {_relative(RUNS_DIR)}/<UTC time>/ (git-ignored)")
     out.add_argument("--committed", action="store_true",
                      help=f"write to {_relative(COMMITTED_DIR)}/, the committed run, replacing its files")
+    p.add_argument("--merge-main", type=Path, default=None, metavar="DIR",
+                   help="with --render-only: add the main-experiment runs of DIR/results.json (a run of other "
+                        "--heads with the same training settings) to the run being redrawn, noting their commit")
     p.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads, None for torch's choice")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -301,6 +304,32 @@ def experiment_ddp(args, train, test, main: dict | None) -> dict:
 # Output
 
 
+# Settings that must agree for runs of two invocations to share one table.
+_SHARED_SETTINGS = ("epochs", "batch_size", "lr", "momentum", "features", "seeds", "models", "train_size", "test_size")
+
+
+def merge_main(results: dict, extra: dict) -> dict:
+    """``results`` with the main-experiment runs of ``extra`` (another invocation, e.g. a head
+    added later) added, in the table's order (model, seed, head), and an entry in
+    ``results["added_runs"]`` naming their heads, commit, date and command. Refuses runs that
+    ``results`` already has and training settings that differ."""
+    for key in _SHARED_SETTINGS:
+        if results["config"].get(key) != extra["config"].get(key):
+            raise ValueError(f"merge_main: {key} differs: {results['config'].get(key)} vs {extra['config'].get(key)}")
+    have = {(r["config"]["model"], r["config"]["head"], r["config"]["seed"]) for r in results["main"]["runs"]}
+    new = extra["main"]["runs"]
+    dup = sorted(have & {(r["config"]["model"], r["config"]["head"], r["config"]["seed"]) for r in new})
+    if dup:
+        raise ValueError(f"merge_main: runs already present: {dup}")
+    runs = results["main"]["runs"] + new
+    runs.sort(key=lambda r: (MODELS.index(r["config"]["model"]), r["config"]["seed"], HEADS.index(r["config"]["head"])))
+    env = extra["environment"]
+    heads = sorted({r["config"]["head"] for r in new}, key=HEADS.index)
+    added = {"experiment": "main", "heads": heads, **{k: env[k] for k in ("git_commit", "git_dirty", "date", "command")}}
+    return {**results, "main": {"runs": runs, "summary": report.summarize(runs)},
+            "added_runs": [*results.get("added_runs", []), added]}
+
+
 def write_outputs(results: dict, out_dir: Path) -> None:
     """results.json, then everything rendered from it."""
     (out_dir / "results.json").write_text(json.dumps(report.round_floats(results), indent=1) + "\n")
@@ -322,6 +351,9 @@ def markdown(results: dict, out_dir: Path) -> str:
         f"{env['hadamard_kernels']} ({env['backend']} backend); commit {env['git_commit']}"
         f"{' (uncommitted changes)' if env['git_dirty'] else ''}; {env['date']}.",
         f"Command: `{env['command']}`",
+        *[f"Added later to the {a['experiment']} experiment: the {', '.join(report.HEAD_LABEL[h] for h in a['heads'])} "
+          f"runs, commit {a['git_commit']}{' (uncommitted changes)' if a['git_dirty'] else ''}; {a['date']}; "
+          f"command `{a['command']}`." for a in results.get("added_runs", [])],
         "",
         f"SGD (Nesterov, momentum {cfg['momentum']}), lr {cfg['lr']} cosine-decayed to 0, batch {cfg['batch_size']}, "
         f"{cfg['epochs']} epochs, no weight decay, no augmentation; train {cfg['train_size']:,} / test "
@@ -385,7 +417,12 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --render-only needs --out-dir DIR or --committed (the run to redraw)", file=sys.stderr)
             return 2
         out_dir = resolve_out_dir(args)
-        render(json.loads((out_dir / "results.json").read_text()), out_dir)
+        results = json.loads((out_dir / "results.json").read_text())
+        if args.merge_main is not None:
+            results = merge_main(results, json.loads((args.merge_main / "results.json").read_text()))
+            write_outputs(results, out_dir)
+        else:
+            render(results, out_dir)
         return 0
     args.out_dir = resolve_out_dir(args)
     if args.threads:

@@ -223,3 +223,32 @@ def test_rotated_quantization_example():
     assert {r["codes"] for r in committed["rows"]} == {"int8", "float8_e4m3fn"}
     assert (REPO / "examples/results/rotated_quantization.png").stat().st_size > 0
 
+
+
+def _fake_results(heads: list[str], commit: str) -> dict:
+    config = {"epochs": 5, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "features": 128, "seeds": [0, 1],
+              "models": ["cnn", "mlp"], "train_size": 60000, "test_size": 10000}
+    runs = [{"config": {"model": m, "head": h, "seed": s, "alpha": None, "features": 128, "relu_features": True},
+             "test_acc": 0.9, "test_loss": 0.3, "curve": {"alpha": [None if h == "linear" else -1.0],
+                                                         "train_loss": [0.3]},
+             "params_total": 1, "params_head": 1, "wall_s": 1.0, "per_class_acc": [0.9] * 10}
+            for m in ("cnn", "mlp") for s in (0, 1) for h in heads]
+    env = {"git_commit": commit, "git_dirty": False, "date": "2026-11-24", "command": "python x.py"}
+    return {"config": config, "environment": env, "main": {"runs": runs}}
+
+
+def test_merge_main_adds_runs_in_table_order_and_names_their_commit():
+    merged = fashion_mnist.merge_main(_fake_results(["linear", "hadamard"], "aaa"), _fake_results(["etf"], "bbb"))
+    order = [(r["config"]["model"], r["config"]["seed"], r["config"]["head"]) for r in merged["main"]["runs"]]
+    assert order == [(m, s, h) for m in ("cnn", "mlp") for s in (0, 1) for h in ("linear", "hadamard", "etf")]
+    assert [(r["model"], r["head"]) for r in merged["main"]["summary"]] == [
+        (m, h) for m in ("cnn", "mlp") for h in ("linear", "hadamard", "etf")]
+    assert merged["added_runs"] == [{"experiment": "main", "heads": ["etf"], "git_commit": "bbb", "git_dirty": False,
+                                     "date": "2026-11-24", "command": "python x.py"}]
+    assert merged["environment"]["git_commit"] == "aaa"
+    with pytest.raises(ValueError, match="runs already present"):
+        fashion_mnist.merge_main(merged, _fake_results(["etf"], "ccc"))
+    other = _fake_results(["etf"], "ccc")
+    other["config"]["epochs"] = 6
+    with pytest.raises(ValueError, match="epochs differs: 5 vs 6"):
+        fashion_mnist.merge_main(_fake_results(["linear"], "aaa"), other)
