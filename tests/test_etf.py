@@ -302,3 +302,17 @@ def test_reference_etf_matrix_refuses_bad_sizes():
     with pytest.raises(ValueError, match="simplex_etf_matrix: needs N a power of two and 2 <= C <= N"):
         R.simplex_etf_matrix(24, 4)
     assert hk_ops.etf_factor(10, 128) == pytest.approx(math.sqrt(10 / (9 * 128)))
+
+
+@pytest.mark.parametrize("learn_scale", [True, False], ids=["learn", "fixed"])
+def test_module_state_dict_round_trip(learn_scale):
+    head = SimplexETFClassifier(32, 6, learn_scale=learn_scale)
+    with torch.no_grad():
+        head.scale.fill_(-3.3)
+        head.bias.normal_()
+    fresh = SimplexETFClassifier(32, 6, learn_scale=learn_scale)
+    x = torch.randn(4, 32)
+    assert not torch.equal(fresh(x), head(x))
+    fresh.load_state_dict(head.state_dict())
+    assert torch.equal(fresh(x), head(x))
+    assert set(head.state_dict()) == {"scale", "bias"}
