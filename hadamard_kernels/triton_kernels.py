@@ -6,10 +6,12 @@ dtypes, argument checks and gradients):
 * ``hadamard_transform_triton(x, out_features, scale)``: ``scale * H_M[:out, :in] @ x``
   over the last dim, M = next_pow2(max(in, out)); its backward is itself with in and out
   swapped (H_M is symmetric).
-* ``classifier_forward_triton(x, scale, bias, num_classes, normalize, eps)``:
-  ``scale * H_M[:C, :N] @ (x / max(||x||, eps)) + bias``, one kernel.
-* ``classifier_backward_triton(grad_y, x, scale, normalize, eps)``: one kernel for
-  dL/dx and per-program partial sums of dL/dscale (summed in float64 afterwards, in a
+* ``classifier_forward_triton(x, scale, bias, num_classes, normalize, eps, etf=False)``:
+  ``scale * W @ (x / max(||x||, eps)) + bias``, W = H_M[:C, :N] or, with ``etf``, the
+  simplex ETF ``sqrt(C / ((C-1) N)) (I - 11^T / C) H_N[:C, :N]`` (N a power of two,
+  2 <= C <= N), one kernel.
+* ``classifier_backward_triton(grad_y, x, scale, normalize, eps, etf=False)``: one kernel
+  for dL/dx and per-program partial sums of dL/dscale (summed in float64 afterwards, in a
   fixed order: deterministic); dL/dbias is ``grad_y.sum(0)``.
 
 One program handles ROWS rows; the butterfly runs on t = next_pow2(min(in, out)) points
@@ -199,6 +201,16 @@ def _repeat(y, CHUNK: tl.constexpr):
         return tl.reshape(tl.broadcast_to(y[:, None, :], (ROWS, CHUNK // BLOCK_T, BLOCK_T)), (ROWS, CHUNK))
 
 
+@triton.jit
+def _class_counts(num_classes, BLOCK_T: tl.constexpr, ACC: tl.constexpr):
+    """[BLOCK_T] weights of the columns of a butterfly block in a sum over the C classes:
+    class j is column j mod BLOCK_T (the fold of grad_y, the period of the logits), so
+    column i stands for ceil((C - i) / BLOCK_T) classes (0 for i >= C; C - i + BLOCK_T - 1
+    >= C > 0, no negative division). With the ETF sizes, C <= BLOCK_T: 1 for i < C."""
+    i = tl.arange(0, BLOCK_T)
+    return ((num_classes - i + BLOCK_T - 1) // BLOCK_T).to(ACC)
+
+
 # ---------------------------------------------------------------------------------------
 # Kernels. Every program owns ROWS consecutive rows; row indices are int64.
 #
@@ -210,6 +222,16 @@ def _repeat(y, CHUNK: tl.constexpr):
 # run the butterfly on it, and store it repeated in chunks of OUT_CHUNK columns; the plain
 # transform (in = out) is the case of a single chunk, and only t, not in or out, is bounded
 # by the registers. The classifier with C = 10, N = 512 reads x once and transforms 16 points.
+#
+# The simplex ETF head (ETF; csrc/hadamard.h) centres the C classes in those registers: the
+# forward subtracts the mean of the C logits from the butterfly's output before alpha and the
+# bias (epilogue), the backward subtracts the mean of g from the folded block before the
+# butterfly (prologue; the fold keeps the sum of g, so the mean is sum(block) / C). Both weigh
+# column i by the number of classes it holds (_class_counts), which makes the mean exact in
+# every chunking; N a power of two and C <= N give t = next_pow2(C), so OUT_CHUNK = G_CHUNK =
+# BLOCK_T >= C: one chunk, each class its own column. f = sqrt(C / ((C-1) N)) multiplies
+# alpha (in float64) and dL/dalpha; f and 1 / C come from the host (_etf_scalars). No extra
+# pass over memory.
 
 
 @triton.jit
@@ -253,6 +275,10 @@ def _classifier_forward_kernel(
     y_ptr,  # *T: logits (rows, C)
     eps_hi,  # fp32: eps = eps_hi + eps_lo, lower bound of the norm
     eps_lo,  # fp32: low part of eps
+    etf_hi,  # fp32: ETF only: f = etf_hi + etf_lo = sqrt(C / ((C-1) N)) (ops.etf_factor)
+    etf_lo,  # fp32: low part of f
+    inv_c_hi,  # fp32: ETF only: 1 / C = inv_c_hi + inv_c_lo, the factor of the mean
+    inv_c_lo,  # fp32: low part of 1 / C
     rows,  # number of rows
     in_features,  # N
     num_classes,  # C
@@ -262,6 +288,7 @@ def _classifier_forward_kernel(
     y_row_stride,  # elements between consecutive rows of y (entries contiguous)
     NORMALIZE: tl.constexpr,  # divide each row by max(||x||, eps) first
     HAS_BIAS: tl.constexpr,  # add bias
+    ETF: tl.constexpr,  # the simplex ETF head: centre the C logits, alpha * sqrt(C / ((C-1) N))
     ACC: tl.constexpr,  # accumulator dtype: tl.float32, or tl.float64 for fp64 input
     ROWS: tl.constexpr,  # rows per program (power of two)
     BLOCK_T: tl.constexpr,  # butterfly size, >= next_pow2(min(N, C)) (power of two)
@@ -281,6 +308,8 @@ def _classifier_forward_kernel(
             sumsq += tl.sum(x * x, axis=1)
         acc += _fold(x, BLOCK_T)
     alpha = tl.load(scale_ptr)
+    if ETF:
+        alpha = alpha.to(tl.float64) * _scalar(etf_hi, etf_lo, tl.float64)
     if NORMALIZE:
         # Rows whose squares over- or underflowed are folded again as x * 2^shift, the power
         # of two that brings max|x| into [1, 2) (exact); then ||x|| = sqrt(sumsq) * 2^-shift.
@@ -303,9 +332,16 @@ def _classifier_forward_kernel(
         norm = _sqrt(sumsq).to(tl.float64)
         eps = _ldexp(_scalar(eps_hi, eps_lo, tl.float64), shift)
         a = tl.where(sumsq == 0, 0.0, alpha.to(tl.float64) / tl.maximum(norm, eps)).to(ACC)
-        t = a[:, None] * fwht_block(acc)
     else:
-        t = alpha.to(ACC) * fwht_block(acc)
+        a = alpha.to(ACC)
+    h = fwht_block(acc)
+    if ETF:  # the epilogue's centring: h minus the mean of the C logits it holds
+        counts = _class_counts(num_classes, BLOCK_T, ACC)
+        h -= (tl.sum(h * counts[None, :], axis=1) * _scalar(inv_c_hi, inv_c_lo, ACC))[:, None]
+    if NORMALIZE:
+        t = a[:, None] * h
+    else:
+        t = a * h
     t = _repeat(t, OUT_CHUNK)  # logits of classes k .. k + OUT_CHUNK, before the bias
     y_rows = y_ptr + r[:, None] * y_row_stride
     for k in range(0, num_classes, OUT_CHUNK):
@@ -326,6 +362,10 @@ def _classifier_backward_kernel(
     partial_ptr,  # *ACC: one partial sum of dL/dalpha per program
     eps_hi,  # fp32: eps = eps_hi + eps_lo
     eps_lo,  # fp32: low part of eps
+    etf_hi,  # fp32: ETF only: f = etf_hi + etf_lo = sqrt(C / ((C-1) N)) (ops.etf_factor)
+    etf_lo,  # fp32: low part of f
+    inv_c_hi,  # fp32: ETF only: 1 / C = inv_c_hi + inv_c_lo, the factor of the mean
+    inv_c_lo,  # fp32: low part of 1 / C
     rows,  # number of rows
     in_features,  # N
     num_classes,  # C
@@ -335,6 +375,7 @@ def _classifier_backward_kernel(
     x_col_stride,  # elements between consecutive features of a row of x
     gx_row_stride,  # elements between consecutive rows of dL/dx (entries contiguous)
     NORMALIZE: tl.constexpr,  # the forward normalised x
+    ETF: tl.constexpr,  # the simplex ETF head: centre g, alpha and dL/dalpha times sqrt(C / ((C-1) N))
     ACC: tl.constexpr,  # accumulator dtype: tl.float32, or tl.float64 for fp64 input
     ROWS: tl.constexpr,  # rows per program (power of two)
     BLOCK_T: tl.constexpr,  # butterfly size, >= next_pow2(min(N, C)) (power of two)
@@ -344,7 +385,9 @@ def _classifier_backward_kernel(
     # Formulas of csrc/hadamard.h: u = H_M[:N, :C] @ g (the adjoint, H symmetric),
     # dL/dalpha = sum_r u . x_hat, dL/dx_hat = alpha * u,
     # dL/dx = alpha / ||x|| * (u - x (u . x) / ||x||^2) where ||x|| >= eps, alpha / eps * u
-    # where the norm is clamped, alpha * u without normalisation.
+    # where the norm is clamped, alpha * u without normalisation. The simplex ETF head
+    # (W = f P H_N[:C, :N], P = I - 11^T / C symmetric) has u = H_N[:N, :C] P g, with
+    # alpha * f in place of alpha and f * dL/dalpha.
     pid = tl.program_id(0)
     r = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_ok = (r < rows)[:, None]
@@ -354,8 +397,14 @@ def _classifier_backward_kernel(
         c = k + tl.arange(0, G_CHUNK).to(tl.int64)
         mask = row_ok & (c < num_classes)[None, :]
         acc += _fold(tl.load(g_rows + c[None, :] * g_col_stride, mask=mask, other=0.0).to(ACC), BLOCK_T)
+    if ETF:  # the prologue's centring: g minus its mean over the C classes, folded
+        counts = _class_counts(num_classes, BLOCK_T, ACC)
+        acc -= (tl.sum(acc, axis=1) * _scalar(inv_c_hi, inv_c_lo, ACC))[:, None] * counts[None, :]
     u = _repeat(fwht_block(acc), X_CHUNK)  # u over any X_CHUNK columns (period BLOCK_T)
-    alpha = tl.load(scale_ptr).to(ACC)
+    alpha = tl.load(scale_ptr)
+    if ETF:
+        alpha = alpha.to(tl.float64) * _scalar(etf_hi, etf_lo, tl.float64)
+    alpha = alpha.to(ACC)
     x_rows = x_ptr + r[:, None] * x_row_stride
     ux = tl.zeros((ROWS,), ACC)
     sumsq = tl.zeros((ROWS,), ACC)
@@ -406,7 +455,10 @@ def _classifier_backward_kernel(
         else:
             gx = alpha * u
         tl.store(gx_rows + c[None, :], gx.to(gx_ptr.dtype.element_ty), mask=mask)
-    tl.store(partial_ptr + pid, tl.sum(d_alpha, axis=0))
+    partial = tl.sum(d_alpha, axis=0)
+    if ETF:
+        partial = (partial.to(tl.float64) * _scalar(etf_hi, etf_lo, tl.float64)).to(ACC)
+    tl.store(partial_ptr + pid, partial)
 
 
 # The transform of order K * 2^k (transforms.py): y = scale * post . [(H_K (x) H_pow2) @
@@ -736,6 +788,16 @@ def _split_scalar(value: float, dtype: torch.dtype, what: str, op: str) -> tuple
     return float(hi), float(lo)
 
 
+def _etf_scalars(num_classes: int, n: int, dtype: torch.dtype, op: str) -> tuple[float, float, float, float]:
+    """(etf_hi, etf_lo, inv_c_hi, inv_c_lo) of the classifier kernels with ETF: f =
+    sqrt(C / ((C-1) N)) and 1 / C, each split by _split_scalar. Computed here rather than in
+    the kernel: a float64 division or square root there is a call in the SASS, around which
+    ptxas spilled 4-8 bytes (sm_90: the forward at N = C = 16 in float32, at N = 2048,
+    C = 1000 in float64)."""
+    return (*_split_scalar(ops.etf_factor(num_classes, n), dtype, "f", op),
+            *_split_scalar(1.0 / num_classes, dtype, "1 / C", op))  # fmt: skip
+
+
 def _check_triton_size(in_features: int, out_features: int, op: str) -> None:
     """The butterfly runs on next_pow2(min(in, out)) <= 2^15 points held in registers; the
     longer side is folded or repeated in chunks, up to ops.MAX_FEATURES like the C++ ops."""
@@ -940,10 +1002,12 @@ def classifier_forward_triton(
     eps: float,
     etf: bool = False,
 ) -> torch.Tensor:
-    """``scale * H_M[:C, :N] @ (x / max(||x||, eps)) + bias`` (Triton kernel)."""
+    """``scale * W @ (x / max(||x||, eps)) + bias`` (Triton kernel), W = H_M[:C, :N] or with
+    ``etf`` the simplex ETF ``sqrt(C / ((C-1) N)) (I - 11^T / C) H_N[:C, :N]``."""
     op = _FORWARD
     _check_classifier(x, scale, num_classes, eps, op)
-    torch._check(not etf, lambda: f"{op}: the simplex ETF head has no Triton kernel yet")
+    if etf:
+        ops._check_etf_size(x.shape[-1], num_classes, op)
     if bias is not None:
         _check_bias(bias, x, num_classes, op)
     _check_device(x, op)
@@ -954,12 +1018,13 @@ def classifier_forward_triton(
     n = x.shape[-1]
     block_t, in_chunk, out_chunk, per_program, warps = block_config(n, num_classes, x.dtype, 2)
     eps_hi, eps_lo = _split_scalar(eps, x.dtype, "eps", op)
+    etf_args = _etf_scalars(num_classes, n, x.dtype, op) if etf else (1.0, 0.0, 1.0, 0.0)
     with _device_guard(x):
         _classifier_forward_kernel[(triton.cdiv(rows, per_program),)](
-            rows_view, scale, x if bias is None else bias, y, eps_hi, eps_lo,
+            rows_view, scale, x if bias is None else bias, y, eps_hi, eps_lo, *etf_args,
             rows, n, num_classes, rows_view.stride(0), rows_view.stride(1),
             0 if bias is None else bias.stride(0), num_classes,
-            NORMALIZE=normalize, HAS_BIAS=bias is not None, ACC=_acc(x.dtype),
+            NORMALIZE=normalize, HAS_BIAS=bias is not None, ETF=etf, ACC=_acc(x.dtype),
             ROWS=per_program, BLOCK_T=block_t, IN_CHUNK=in_chunk, OUT_CHUNK=out_chunk,
             num_warps=warps,
         )  # fmt: skip
@@ -969,6 +1034,8 @@ def classifier_forward_triton(
 @classifier_forward_triton.register_fake
 def _(x, scale, bias, num_classes, normalize, eps, etf=False):
     _check_classifier(x, scale, num_classes, eps, _FORWARD)
+    if etf:
+        ops._check_etf_size(x.shape[-1], num_classes, _FORWARD)
     if bias is not None:
         _check_bias(bias, x, num_classes, _FORWARD)
     return x.new_empty((*x.shape[:-1], num_classes))
@@ -978,12 +1045,13 @@ def _(x, scale, bias, num_classes, normalize, eps, etf=False):
 def classifier_backward_triton(
     grad_y: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, normalize: bool, eps: float, etf: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dL/dx, dL/dscale, dL/dbias)`` of classifier_forward_triton (Triton kernel);
-    dL/dbias in float32 (float64 for float64 input), the caller casts it."""
+    """``(dL/dx, dL/dscale, dL/dbias)`` of classifier_forward_triton (Triton kernel), ``etf``
+    as there; dL/dbias in float32 (float64 for float64 input), the caller casts it."""
     op = _BACKWARD
     num_classes = grad_y.shape[-1]
     _check_classifier(x, scale, num_classes, eps, op)
-    torch._check(not etf, lambda: f"{op}: the simplex ETF head has no Triton kernel yet")
+    if etf:
+        ops._check_etf_size(x.shape[-1], num_classes, op)
     _check_grad(grad_y, x, op)
     _check_device(x, op)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -999,11 +1067,12 @@ def classifier_backward_triton(
     programs = triton.cdiv(rows, per_program)
     partial = torch.empty(programs, dtype=acc, device=x.device)
     eps_hi, eps_lo = _split_scalar(eps, x.dtype, "eps", op)
+    etf_args = _etf_scalars(num_classes, n, x.dtype, op) if etf else (1.0, 0.0, 1.0, 0.0)
     with _device_guard(x):
         _classifier_backward_kernel[(programs,)](
-            g_rows, x_rows, scale, grad_x, partial, eps_hi, eps_lo, rows, n, num_classes,
+            g_rows, x_rows, scale, grad_x, partial, eps_hi, eps_lo, *etf_args, rows, n, num_classes,
             g_rows.stride(0), g_rows.stride(1), x_rows.stride(0), x_rows.stride(1), n,
-            NORMALIZE=normalize, ACC=_acc(x.dtype), ROWS=per_program, BLOCK_T=block_t,
+            NORMALIZE=normalize, ETF=etf, ACC=_acc(x.dtype), ROWS=per_program, BLOCK_T=block_t,
             G_CHUNK=g_chunk, X_CHUNK=x_chunk, num_warps=warps,
         )  # fmt: skip
     # Fixed-order float64 sum of the per-program partials: deterministic, like the C++ op.
@@ -1014,6 +1083,8 @@ def classifier_backward_triton(
 @classifier_backward_triton.register_fake
 def _(grad_y, x, scale, normalize, eps, etf=False):
     _check_classifier(x, scale, grad_y.shape[-1], eps, _BACKWARD)
+    if etf:
+        ops._check_etf_size(x.shape[-1], grad_y.shape[-1], _BACKWARD)
     _check_grad(grad_y, x, _BACKWARD)
     return ops.classifier_backward_outputs(grad_y, x, scale)
 

@@ -35,18 +35,21 @@ Sets (all with contiguous inputs of 3 rows; the row count is not specialised):
          the classifier shapes of the benchmarks in float32, plus six (K, pow2) of the K * 2^k
          kernel (_CI_KN) in the same dtypes, and the same six with the quantising epilogue
          (quantize: per row to float8_e4m3fn, groups of 32 to int8; float32 also groups of
-         128 to float8_e5m2). About 125 binaries, 0.5-2 min on 2 cores. Run by
+         128 to float8_e5m2), plus the two classifier kernels with the simplex ETF head
+         (etf) at n = 2 and 2^14 (_CI_ETF). About 135 binaries, 0.5-2 min on 2 cores. Run by
          tests/test_triton_resources.py in CI.
   table  every n = 2^0..2^15 square x the three kernels x the four dtypes, plus the
-         benchmark shapes, plus the K * 2^k kernel for one K per block height (_TABLE_KN) and
-         every pow2 that fits, each also quantising (per row to float8_e4m3fn, groups of
-         32 to int8, of 128 to float8_e5m2, where they divide n): about 1000 binaries, about
-         8 min on 2 shared cores. The committed
+         benchmark shapes, with the classifier kernels of both also with the simplex ETF
+         head where it applies (N a power of two, 2 <= C <= N), plus the K * 2^k kernel for
+         one K per block height (_TABLE_KN) and every pow2 that fits, each also quantising
+         (per row to float8_e4m3fn, groups of 32 to int8, of 128 to float8_e5m2, where they
+         divide n): about 1100 binaries, about 10 min on 2 shared cores. The committed
          table benchmarks/results/triton-resources-sm90.{md,json} (``--write``).
   full   every power-of-two (in, out) pair with min <= 2^15 and max <= 2^20 (every entry of
          the dispatch table: other sizes take the entry of their next power of two), every
-         normalize/bias combination, the four dtypes: about 2900 binaries, about an hour of
-         one core (scripts/gpu_check.sh runs it with a job per core).
+         normalize/bias combination, each also with the simplex ETF head where it applies,
+         the four dtypes: about 2800 binaries, about an hour and a half of one core
+         (scripts/gpu_check.sh runs it with a job per core).
 The classifier forward is compiled with normalize and bias, the backward with normalize,
 except in the full set; the K * 2^k kernel (transform_kn, named by K and pow2, n = K * pow2)
 with pre signs and H_K column-major, as transforms.py calls it, and so is its quantising
@@ -167,6 +170,7 @@ class Variant:
     n_out: int  # transform: out_features; classifier: C
     normalize: bool = True  # classifier kernels
     has_bias: bool = True  # classifier_forward
+    etf: bool = False  # classifier kernels: the simplex ETF head (N a power of two, 2 <= C <= N)
     signs: bool = True  # transform_kn, quantize: with pre signs (the randomised transform)
     group: int = 0  # quantize: group size (0: per row)
     code: str = "int8"  # quantize: the codes' dtype (torch.<code>)
@@ -184,6 +188,8 @@ class Variant:
             flags += " normalize" if self.normalize else " raw"
         if self.kernel == "classifier_forward":
             flags += " bias" if self.has_bias else " nobias"
+        if self.etf:
+            flags += " etf"
         return f"{self.kernel} {self.dtype} {sizes}{flags}"
 
 
@@ -262,10 +268,10 @@ def capture(v: Variant) -> Launch:
                 tk.hadamard_transform_kn_triton(x, h, pow2, 1.0, pre, None)
         elif v.kernel == "classifier_forward":
             bias = torch.zeros(v.n_out, dtype=dtype) if v.has_bias else None
-            tk.classifier_forward_triton(x, scale, bias, v.n_out, v.normalize, 1e-12)
+            tk.classifier_forward_triton(x, scale, bias, v.n_out, v.normalize, 1e-12, v.etf)
         else:
             g = torch.empty(3, v.n_out, dtype=dtype)
-            tk.classifier_backward_triton(g, x, scale, v.normalize, 1e-12)
+            tk.classifier_backward_triton(g, x, scale, v.normalize, 1e-12, v.etf)
     finally:
         for name, value in saved.items():
             setattr(tk, name, value)
@@ -408,6 +414,15 @@ _TABLE_KN = (1, 12, 20, 40, 108, 172)
 # The quantising epilogue (group size, 0: per row; code dtype): each reduction layout (the
 # row; groups inside a chunk, GS; groups of whole chunks, GM, where pow2 < 128) and encoder.
 _CI_QUANT = ((0, "float8_e4m3fn"), (32, "int8"), (128, "float8_e5m2"))
+# The classifier kernels with the simplex ETF head (etf; its centring and f add 0-8 registers),
+# in the CI set at the sizes nearest a limit: n = 2 (the backward at 112-124 registers of the
+# 128 that keep 25 % occupancy) and 2^14 (64 registers, the most at 32 warps, in 32-bit types).
+_CI_ETF = (2, 2**14)
+
+
+def etf_sizes(n: int, c: int) -> bool:
+    """Whether the simplex ETF head takes N = n, C = c (ops._check_etf_size)."""
+    return n & (n - 1) == 0 and 2 <= c <= n
 
 
 def variants(which: str) -> list[Variant]:
@@ -419,9 +434,15 @@ def variants(which: str) -> list[Variant]:
             for n in _CI_SIZES if which == "ci" else [2**k for k in range(16)]:
                 out += [Variant("transform", dtype, n, n), Variant("classifier_forward", dtype, n, n),
                         Variant("classifier_backward", dtype, n, n)]  # fmt: skip
+                if etf_sizes(n, n) and (which == "table" or n in _CI_ETF):
+                    out += [Variant("classifier_forward", dtype, n, n, etf=True),
+                            Variant("classifier_backward", dtype, n, n, etf=True)]  # fmt: skip
             if which == "table" or dtype == "float32":
                 for n, c in BENCH_SHAPES:
                     out += [Variant("classifier_forward", dtype, n, c), Variant("classifier_backward", dtype, n, c)]
+                    if which == "table" and etf_sizes(n, c):
+                        out += [Variant("classifier_forward", dtype, n, c, etf=True),
+                                Variant("classifier_backward", dtype, n, c, etf=True)]  # fmt: skip
             if which == "ci":
                 kn = list(_CI_KN)
                 quant = _CI_QUANT if dtype == "float32" else _CI_QUANT[:2]
@@ -440,9 +461,10 @@ def variants(which: str) -> list[Variant]:
                     n_in, n_out = 2**a, 2**b
                     out.append(Variant("transform", dtype, n_in, n_out))
                     for normalize in (True, False):
-                        out.append(Variant("classifier_backward", dtype, n_in, n_out, normalize))
-                        for bias in (True, False):
-                            out.append(Variant("classifier_forward", dtype, n_in, n_out, normalize, bias))
+                        for etf in (False, True) if etf_sizes(n_in, n_out) else (False,):
+                            out.append(Variant("classifier_backward", dtype, n_in, n_out, normalize, etf=etf))
+                            for bias in (True, False):
+                                out.append(Variant("classifier_forward", dtype, n_in, n_out, normalize, bias, etf))
     return out
 
 

@@ -565,6 +565,35 @@ _COMPILE_SCRIPT = textwrap.dedent(
         assert out.asm["cubin"] and out.metadata.shared <= 160 * 1024, out.metadata.shared
 
     TY = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16"}
+
+    def classifier(cap, dtype, n_in, n_out, normalize, etf):
+        # The two classifier kernels with unit column strides (Triton specialises an argument
+        # equal to 1 as a constant), the forward with bias where it normalises.
+        t, acc = TY[dtype], tk._acc(dtype)
+        part = "*fp64" if dtype == torch.float64 else "*fp32"
+        block_t, a, b, rows, warps = tk.block_config(n_in, n_out, dtype, 2)
+        build(tk._classifier_forward_kernel, {
+            "x_ptr": f"*{t}", "scale_ptr": "*fp32", "bias_ptr": f"*{t}", "y_ptr": f"*{t}",
+            "eps_hi": "fp32", "eps_lo": "fp32", "etf_hi": "fp32", "etf_lo": "fp32", "inv_c_hi": "fp32",
+            "inv_c_lo": "fp32", "rows": "i32", "in_features": "i32", "num_classes": "i32",
+            "x_row_stride": "i32", "x_col_stride": "",
+            "bias_stride": "", "y_row_stride": "i32", "NORMALIZE": "", "HAS_BIAS": "", "ETF": "",
+            "ACC": "", "ROWS": "", "BLOCK_T": "", "IN_CHUNK": "", "OUT_CHUNK": ""},
+            {"x_col_stride": 1, "bias_stride": 1, "NORMALIZE": normalize, "HAS_BIAS": normalize,
+             "ETF": etf, "ACC": acc, "ROWS": rows, "BLOCK_T": block_t, "IN_CHUNK": a, "OUT_CHUNK": b},
+            warps, cap)
+        block_t, a, b, rows, warps = tk.block_config(n_out, n_in, dtype, 2)
+        build(tk._classifier_backward_kernel, {
+            "g_ptr": f"*{t}", "x_ptr": f"*{t}", "scale_ptr": "*fp32", "gx_ptr": f"*{t}",
+            "partial_ptr": part, "eps_hi": "fp32", "eps_lo": "fp32", "etf_hi": "fp32",
+            "etf_lo": "fp32", "inv_c_hi": "fp32", "inv_c_lo": "fp32", "rows": "i32",
+            "in_features": "i32", "num_classes": "i32",
+            "g_row_stride": "i32", "g_col_stride": "", "x_row_stride": "i32", "x_col_stride": "",
+            "gx_row_stride": "i32", "NORMALIZE": "", "ETF": "", "ACC": "", "ROWS": "",
+            "BLOCK_T": "", "G_CHUNK": "", "X_CHUNK": ""},
+            {"g_col_stride": 1, "x_col_stride": 1, "NORMALIZE": normalize, "ETF": etf, "ACC": acc,
+             "ROWS": rows, "BLOCK_T": block_t, "G_CHUNK": a, "X_CHUNK": b}, warps, cap)
+
     CASES = [  # (sm, dtype, in, out): plain transforms, folds, repeats, the largest blocks
         (90, torch.float32, 2, 2), (90, torch.bfloat16, 256, 256), (90, torch.float64, 1024, 1024),
         (90, torch.bfloat16, 2**15, 2**15), (80, torch.float32, 2**15, 2**15),
@@ -572,10 +601,8 @@ _COMPILE_SCRIPT = textwrap.dedent(
     ]
     for cap, dtype, n_in, n_out in CASES:
         t, acc = TY[dtype], tk._acc(dtype)
-        part = "*fp64" if dtype == torch.float64 else "*fp32"
         block_t, a, b, rows, warps = tk.block_config(n_in, n_out, dtype)
-        # Transform with general strides; classifier kernels with unit column strides
-        # (Triton specialises an argument equal to 1 as a constant).
+        # Transform with general strides.
         build(tk._transform_kernel, {
             "x_ptr": f"*{t}", "out_ptr": f"*{t}", "scale_hi": "fp32", "scale_lo": "fp32",
             "rows": "i32", "in_features": "i32", "out_features": "i32", "x_row_stride": "i32",
@@ -584,26 +611,12 @@ _COMPILE_SCRIPT = textwrap.dedent(
             {"ACC": acc, "ROWS": rows, "BLOCK_T": block_t, "IN_CHUNK": a, "OUT_CHUNK": b},
             warps, cap)
         for normalize in (True, False):
-            block_t, a, b, rows, warps = tk.block_config(n_in, n_out, dtype, 2)
-            build(tk._classifier_forward_kernel, {
-                "x_ptr": f"*{t}", "scale_ptr": "*fp32", "bias_ptr": f"*{t}", "y_ptr": f"*{t}",
-                "eps_hi": "fp32", "eps_lo": "fp32", "rows": "i32", "in_features": "i32",
-                "num_classes": "i32", "x_row_stride": "i32", "x_col_stride": "",
-                "bias_stride": "", "y_row_stride": "i32", "NORMALIZE": "", "HAS_BIAS": "",
-                "ACC": "", "ROWS": "", "BLOCK_T": "", "IN_CHUNK": "", "OUT_CHUNK": ""},
-                {"x_col_stride": 1, "bias_stride": 1, "NORMALIZE": normalize,
-                 "HAS_BIAS": normalize, "ACC": acc, "ROWS": rows, "BLOCK_T": block_t,
-                 "IN_CHUNK": a, "OUT_CHUNK": b}, warps, cap)
-            block_t, a, b, rows, warps = tk.block_config(n_out, n_in, dtype, 2)
-            build(tk._classifier_backward_kernel, {
-                "g_ptr": f"*{t}", "x_ptr": f"*{t}", "scale_ptr": "*fp32", "gx_ptr": f"*{t}",
-                "partial_ptr": part, "eps_hi": "fp32", "eps_lo": "fp32", "rows": "i32",
-                "in_features": "i32", "num_classes": "i32", "g_row_stride": "i32",
-                "g_col_stride": "", "x_row_stride": "i32", "x_col_stride": "",
-                "gx_row_stride": "i32", "NORMALIZE": "", "ACC": "", "ROWS": "", "BLOCK_T": "",
-                "G_CHUNK": "", "X_CHUNK": ""},
-                {"g_col_stride": 1, "x_col_stride": 1, "NORMALIZE": normalize, "ACC": acc,
-                 "ROWS": rows, "BLOCK_T": block_t, "G_CHUNK": a, "X_CHUNK": b}, warps, cap)
+            classifier(cap, dtype, n_in, n_out, normalize, False)
+    # (sm, dtype, N, C, normalize) with the simplex ETF head: many rows a program, a fold, a
+    # block of 1024 in float64; its largest blocks are in scripts/triton_resources.py's CI set.
+    for cap, dtype, n, c, normalize in [(90, torch.float32, 2, 2, True), (80, torch.bfloat16, 512, 10, False),
+                                        (90, torch.float64, 1024, 1000, True)]:
+        classifier(cap, dtype, n, c, normalize, True)
     # (sm, dtype, K, pow2, quant, group_size) of the K * 2^k kernel; quant > 0: its quantising
     # epilogue (hadamard_quantize_triton: 1 int8, 2 float8_e4m3fn, 3 float8_e5m2; no post signs).
     KN_CASES = [(80, torch.float32, 20, 256, 0, 0), (90, torch.bfloat16, 172, 64, 0, 0),
