@@ -350,10 +350,12 @@ __device__ __forceinline__ void kn_rows(const KnArgs<T>& p, const Epi& epi) {
         // The chunk's threads have read the exchange (float16 / bfloat16: its layout is not
         // the natural one, the store below overwrites entries others still read).
         if constexpr (Tile::W > 1) __syncthreads();
-        // A buffered epilogue's tiles spanning several warps store past the rows too (zeros,
-        // into the slots of their whole RPB-item step, never read): without the predicate
-        // kn_quantize_kernel<float16 / bfloat16, 13 / 14> do not spill (ptxas, sm_90).
-        if (valid || (kBuffered && Tile::W > 1)) kn_store_chunk(tile, buf + static_cast<size_t>(i) * M);
+        // A buffered epilogue's 16-bit tiles spanning several warps store past the rows too
+        // (zeros, into the slots of their whole RPB-item step, never read): with the row
+        // predicate kn_quantize_kernel<float16 / bfloat16, 13 / 14> spilled 4 bytes, without
+        // it <float32, 14> did (ptxas 13.0, sm_90).
+        constexpr bool kStoreAll = kBuffered && Tile::W > 1 && sizeof(T) == 2;
+        if (valid || kStoreAll) kn_store_chunk(tile, buf + static_cast<size_t>(i) * M);
       }
     }
     if constexpr (kKPoint || kBuffered) {
