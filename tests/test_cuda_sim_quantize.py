@@ -558,6 +558,8 @@ def test_harness_rejects_quantize_mutant(mutant: int, mutant_runner: Path):
     o = run_case(case, mutant_runner, env={"HK_SIM_MUTANT": str(mutant)})
     if o.error is not None:
         return  # rejected by a check of the harness, AddressSanitizer or UBSan
-    with pytest.raises(AssertionError):
+    try:
         assert_matches_cpu(o)
-    assert what
+    except AssertionError:
+        return  # rejected: other codes or scales than the CPU op's
+    pytest.fail(f"not caught: {what}")
