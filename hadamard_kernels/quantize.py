@@ -25,7 +25,9 @@ Not differentiable (rounding has a zero derivative almost everywhere): a call wi
 requires grad under grad mode raises. Backends, "auto" taking the first that runs:
 
 * "cuda" / "cpu": the C++ op ``hadamard_kernels::hadamard_quantize`` where the extension
-  registers it for x's device (csrc/quantize.cpp: CPU; no CUDA kernel is written yet);
+  registers it for x's device (csrc/quantize.cpp: CPU; csrc/cuda/quantize.cuh: CUDA, any
+  group size, one pass for every K * 2^k up to 40 * 2^10, verified on the CPU-run CUDA
+  harness only, not yet run on a GPU);
 * "triton": ``hadamard_kernels::hadamard_quantize_triton`` (triton_kernels.py), the K * 2^k
   Triton kernel with a quantising epilogue; groups must be the row or a power of two (others
   straddle the kernel's chunks: "auto" then takes the reference), rows within the Triton

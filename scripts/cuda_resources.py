@@ -9,8 +9,9 @@ Inputs, both from the one nvcc compile of scripts/check_cuda.sh (`-Xptxas -v -ke
     {L, threads, dynamic shared bytes} of RowTile<T, L> (row_transform_kernel,
     classifier_forward_kernel and classifier_backward_kernel launch with
     RowTile<T, L>::kSmemBytes of dynamic shared memory; the other kernels with none), and the
-    kn manifest of kn_transform_kernel (orders.cuh: RowTile<T, L>::THREADS threads, a row
-    buffer that depends on the call, listed at its typical size).
+    kn manifest of kn_transform_kernel and kn_quantize_kernel (orders.cuh, quantize.cuh:
+    RowTile<T, L>::THREADS threads, a row buffer that depends on the call, listed at its
+    typical size).
 
 Theoretical occupancy on sm_90 (H100), the model of the CUDA occupancy calculator:
     warps      = ceil(threads / 32)                                 warps per block
@@ -78,6 +79,7 @@ DTYPES = {"float": "float32", "double": "float64", "__half": "float16", "__nv_bf
           "signed char": "int8"}
 MANIFEST_DTYPES = {"f32": "float32", "f64": "float64", "f16": "float16", "bf16": "bfloat16"}
 ROW_TILE_KERNELS = ("row_transform", "classifier_forward", "classifier_backward")
+KN_KERNELS = ("kn_transform", "kn_quantize")  # <T, L>, launched as the kn manifest says
 EPILOGUES = {0: "scale", 1: "classifier"}  # enum class ColumnEpilogue in fwht.cuh
 
 
@@ -244,7 +246,7 @@ def describe(mangled: str) -> Kernel:
         return Kernel(kernel, dtype, "", None, False, "")
     if kernel == "classifier_chunk_scale":  # <A>
         return Kernel(kernel, dtype, "", None, False, "")
-    if kernel == "kn_transform":  # <T, L>
+    if kernel in KN_KERNELS:  # <T, L>
         return Kernel(kernel, dtype, "", args[1], False, "")
     if kernel == "kn_masks":  # <int8_t>
         return Kernel(kernel, dtype, "", None, False, "")
@@ -279,8 +281,8 @@ def build_rows(ptxas_log: str, ptx: str) -> list[Row]:
         k = describe(mangled)
         t = threads.get(mangled, 0)
         dyn = 0
-        if k.kernel in ROW_TILE_KERNELS or k.kernel == "kn_transform":
-            tile = tiles.get(("kn" if k.kernel == "kn_transform" else "row", k.dtype, k.log2))
+        if k.kernel in ROW_TILE_KERNELS or k.kernel in KN_KERNELS:
+            tile = tiles.get(("kn" if k.kernel in KN_KERNELS else "row", k.dtype, k.log2))
             if tile is None:
                 raise ValueError(f"tile manifest lacks {k.dtype} L={k.log2} ({k.label})")
             if t != tile[0]:
@@ -288,7 +290,7 @@ def build_rows(ptxas_log: str, ptx: str) -> list[Row]:
             dyn = tile[1]
         rows.append(Row(mangled, k, u, t, dyn, occupancy(t, u.registers, u.static_smem_bytes + dyn)))
     order = {"row_transform": 0, "classifier_forward": 1, "classifier_backward": 2, "column_transform": 3,
-             "kn_transform": 4, "kn_masks": 5}
+             "kn_transform": 4, "kn_quantize": 5, "kn_masks": 6}
     rows.sort(key=lambda r: (order.get(r.kernel.kernel, 4), list(DTYPES.values()).index(r.kernel.dtype),
                              r.kernel.out, r.kernel.epilogue, r.kernel.strided, r.kernel.log2 or 0))
     return rows

@@ -7,8 +7,10 @@
 
 Covers: one-thread rows, one-warp rows, multi-warp rows (shared-memory exchange), the largest
 single pass and the two-pass scheme; vector, contiguous-scalar and strided loads; padding and
-truncation; the classifier forward and backward (also two-pass); every dtype. Checks results
-against the reference too, and exits non-zero on a mismatch.
+truncation; the classifier forward and backward (also two-pass); the fused rotate-and-quantise
+op (one pass: K = 1 and K > 1, groups of one thread, of a warp and of several warps; the
+composed path); every dtype. Checks results against the reference (quantise: the CPU op, on
+integer inputs) too, and exits non-zero on a mismatch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import torch
 
 import hadamard_kernels as hk
+from hadamard_kernels import orders
 from hadamard_kernels import reference as R
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -69,6 +72,20 @@ def main() -> int:
             check(f"classifier {dtype} N={n} C={c}", y, ref, dtype)
             for name, got, want in zip(("x", "scale", "bias"), grads, refs):
                 check(f"classifier grad_{name} {dtype} N={n} C={c}", got, want, dtype)
+        for K, pow2, n, g in ((1, 64, 60, 4), (1, 4096, 4096, 0), (12, 64, 768, 3), (40, 1024, 40960, 128),
+                              (40, 2048, 81920, 0)):
+            x = torch.randint(-8, 9, (3, n), device=dev).to(dtype)
+            h = None if K == 1 else orders.hadamard_k(K, torch.int8, dev)
+            pre = hk.random_signs(n, seed=1, dtype=dtype, device=dev)
+            for code in (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2):
+                q, s = torch.ops.hadamard_kernels.hadamard_quantize(x, h, pow2, 0.5, pre, code, g)
+                qc, sc = torch.ops.hadamard_kernels.hadamard_quantize(x.cpu(), None if h is None else h.cpu(), pow2,
+                                                                      0.5, pre.cpu(), code, g)
+                nan = qc.float().isnan() if code != torch.int8 else torch.zeros_like(qc, dtype=torch.bool)
+                same = torch.equal(q.cpu().view(torch.uint8)[~nan], qc.view(torch.uint8)[~nan])
+                same = same and torch.equal(q.cpu().float().isnan(), nan) and torch.equal(s.cpu(), sc)
+                if not same:
+                    failures.append(f"quantize {dtype} {code} K={K} pow2={pow2} n={n} g={g}: differs from the CPU op")
     torch.cuda.synchronize()
     for f in failures:
         print(f, file=sys.stderr)

@@ -440,3 +440,138 @@ def test_opcheck_kn(case):
     x = torch.randn(3, n, device=DEV, requires_grad=True)
     torch.library.opcheck(ops.hadamard_transform_kn, (x, hk_, pow2, 0.5, pre, post))
     torch.library.opcheck(ops.hadamard_transform_kn_, (x.detach().clone(), hk_, pow2, 0.5, pre, post))
+
+
+# ---------------------------------------------------------------------------------------
+# hadamard_quantize: the fused rotate-and-quantise op (csrc/cuda/quantize.cuh, one pass where
+# the row fits in shared memory; the composed path of ops_cuda.cu otherwise), against the CPU
+# op (tests/test_quantize.py holds it to the float64 reference). Integer inputs and
+# power-of-two scales make the transform exact, so codes and scales must be bit-equal whatever
+# order the two kernels add in; NaN codes compare as NaN (the sign of a NaN is the hardware's).
+
+QCODES = [torch.int8, torch.float8_e4m3fn, torch.float8_e5m2]
+# (K, pow2, n, group; 0: the row): one pass (K = 1 up to 2^15, K > 1 up to 40 * 2^10 and
+# 172 * 256), then composed (rows over 227 KB, pow2 beyond the tiles, K = 1 beyond 2^15).
+Q_ONE_PASS = [
+    (1, 1, 1, 0), (1, 64, 60, 12), (1, 1024, 1024, 32), (1, 2**15, 2**15, 0), (12, 4, 45, 9), (12, 64, 768, 3),
+    (20, 256, 5120, 128), (28, 512, 14336, 64), (40, 1024, 40960, 0), (172, 64, 11008, 43), (172, 256, 44032, 128),
+]  # fmt: skip
+Q_COMPOSED = [(40, 2048, 81920, 128), (12, 2**16, 12 * 2**16, 0), (1, 2**17, 2**17, 32)]
+
+
+def q_id(case) -> str:
+    return f"K{case[0]}-p{case[1]}-n{case[2]}-g{case[3] or 'row'}"
+
+
+def qbits(q: torch.Tensor) -> torch.Tensor:
+    """The codes' bytes; float8 NaN codes (either sign) as 0x7f."""
+    b = q.view(torch.uint8).clone()
+    if q.dtype != torch.int8:
+        b[q.float().isnan()] = 0x7F
+    return b
+
+
+def assert_quantize_equal(q, s, qc, sc):
+    assert q.shape == qc.shape and q.dtype == qc.dtype and s.shape == sc.shape and s.dtype == torch.float32
+    assert torch.equal(qbits(q.cpu()), qbits(qc))
+    assert torch.equal(s.cpu().view(torch.int32), sc.view(torch.int32))
+
+
+@pytest.mark.parametrize("code", QCODES, ids=dtype_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("signs", [False, True], ids=["nosigns", "signs"])
+@pytest.mark.parametrize("case", Q_ONE_PASS + Q_COMPOSED, ids=q_id)
+def test_quantize_bit_equal_to_cpu(case, signs, dtype, code):
+    K, pow2, n, g = case
+    rows = rows_for(n, 37)
+    x = torch.randint(-8, 9, (rows, n), device=DEV).to(dtype)
+    hk_, pre, _ = kn_args(K, n, dtype, signs)
+    poison_allocator(x.numel() * 8)
+    q, s = ops.hadamard_quantize(x, hk_, pow2, 0.25, pre, code, g)
+    assert q.is_contiguous() and q.shape == x.shape and s.shape == (rows, n // (g or n))
+    qc, sc = ops.hadamard_quantize(x.cpu(), None if hk_ is None else hk_.cpu(), pow2, 0.25,
+                                   None if pre is None else pre.cpu(), code, g)  # fmt: skip
+    assert_quantize_equal(q, s, qc, sc)
+
+
+@pytest.mark.parametrize("code", QCODES, ids=dtype_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("case", [(1, 1024, 1024, 32), (28, 32, 896, 64), (20, 16, 320, 0), (172, 64, 11008, 128)],
+                         ids=q_id)  # fmt: skip
+def test_quantize_random_inputs(case, dtype, code):
+    """Random inputs: the transform rounds differently from the CPU kernel's, so scales agree
+    to the accumulator's rounding and codes are the float64 transform's except near a boundary."""
+    from test_quantize import acc_of, assert_codes_match
+
+    K, pow2, n, g = case
+    x = torch.randn(5, n, dtype=dtype, device=DEV)
+    hk_ = None if K == 1 else orders.hadamard_k(K, torch.int8, DEV)
+    q, s = ops.hadamard_quantize(x, hk_, pow2, 1.0, None, code, g)
+    qc, sc = ops.hadamard_quantize(x.cpu(), None if hk_ is None else hk_.cpu(), pow2, 1.0, None, code, g)
+    tol = RTOL[acc_of(dtype)]
+    assert ((s.cpu().double() - sc.double()).abs() <= tol * sc.double().abs()).all()
+    near = assert_codes_match(q.cpu(), s.cpu(), x.cpu(), code, g or None, K=None if K == 1 else K)
+    assert near <= max(8, x.numel() // 50)
+    assert int((qbits(q.cpu()) != qbits(qc)).sum()) <= max(8, x.numel() // 50)
+
+
+@pytest.mark.parametrize("code", QCODES, ids=dtype_id)
+def test_quantize_zeros_inf_nan(code):
+    x = torch.randint(-8, 9, (6, 12 * 64), device=DEV).float()
+    x[0] = 0.0
+    x[1, 5] = float("inf")
+    x[2, 7] = float("nan")
+    x[3] = 0.0
+    x[3, 1] = 2.0**-149  # amax / qmax underflows: scale 0, codes 0
+    x[4, 3] = -float("inf")
+    hk_ = orders.hadamard_k(12, torch.int8, DEV)
+    q, s = ops.hadamard_quantize(x, hk_, 64, 1.0, None, code, 32)
+    qc, sc = ops.hadamard_quantize(x.cpu(), hk_.cpu(), 64, 1.0, None, code, 32)
+    assert_quantize_equal(q, s, qc, sc)
+    assert (s[[0, 3]] == 0).all() and (q[[0, 3]].view(torch.uint8) == 0).all()
+    assert torch.isinf(s[[1, 4]]).all() and torch.isnan(s[2]).all()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [(20, 64, 1280, 64), (1, 512, 500, 0)], ids=q_id)
+def test_quantize_layouts(case, layout):
+    K, pow2, n, g = case
+    x = make_input((3, 5, n), torch.float32, layout, DEV)
+    (x if x._base is None else x._base).mul_(8).round_()  # integers (exact), in the layout
+    hk_, pre, _ = kn_args(K, n, torch.float32, signs=True)
+    q, s = ops.hadamard_quantize(x, hk_, pow2, 0.5, pre, torch.float8_e4m3fn, g)
+    assert q.shape == x.shape and q.is_contiguous() and s.shape == (3, 5, n // (g or n))
+    qc, sc = ops.hadamard_quantize(x.cpu(), None if hk_ is None else hk_.cpu(), pow2, 0.5, pre.cpu(),
+                                   torch.float8_e4m3fn, g)  # fmt: skip
+    assert_quantize_equal(q, s, qc, sc)
+    q0, s0 = ops.hadamard_quantize(torch.empty(0, 4, n, device=DEV), hk_, pow2, 0.5, pre, torch.int8, g)
+    assert q0.shape == (0, 4, n) and s0.shape == (0, 4, n // (g or n))
+
+
+def test_fwht_quantize_backend_cuda():
+    """fwht_quantize picks the CUDA kernel on a GPU ("auto") and agrees with the CPU backend."""
+    from hadamard_kernels import quantize
+
+    assert quantize._backends(torch.device(DEV))[0] == "cuda"
+    x = torch.randint(-8, 9, (7, 11008), device=DEV).to(torch.bfloat16)
+    d = hk.random_signs(11008, seed=3, device=DEV)
+    for code in QCODES:
+        q, s = hk.fwht_quantize(x, 2.0**-7, dtype=code, group_size=128, signs=d, backend="cuda")
+        qa, sa = hk.fwht_quantize(x, 2.0**-7, dtype=code, group_size=128, signs=d)
+        qc, sc = hk.fwht_quantize(x.cpu(), 2.0**-7, dtype=code, group_size=128, signs=d.cpu(), backend="cpu")
+        assert_quantize_equal(q, s, qc, sc)
+        assert_quantize_equal(qa, sa, qc, sc)
+    q, s = hk.fwht_quantize(x.float(), dtype=torch.int8, backend="cuda")
+    assert s.shape == (7, 1) and hk.dequantize(q, s).shape == x.shape
+
+
+def test_quantize_errors_and_opcheck_on_cuda():
+    x = torch.randn(2, 48, device=DEV)
+    hk_ = orders.hadamard_k(12, torch.int8, DEV)
+    with pytest.raises(ValueError, match="does not divide"):
+        ops.hadamard_quantize(x, hk_, 4, 1.0, None, torch.int8, 5)
+    with pytest.raises(TypeError, match="dtype must be int8"):
+        ops.hadamard_quantize(x, hk_, 4, 1.0, None, torch.float16, 0)
+    with pytest.raises(ValueError, match="is on"):
+        ops.hadamard_quantize(x, hk_.cpu(), 4, 1.0, None, torch.int8, 0)
+    torch.library.opcheck(ops.hadamard_quantize, (x, hk_, 4, 0.5, None, torch.float8_e4m3fn, 16))

@@ -18,6 +18,7 @@ COLUMN_HALF = ("_ZN16hadamard_kernels4cuda23column_transform_kernelI6__halfS2_Li
                "NS0_10ColumnArgsIT_T0_EE")
 FORWARD_F32 = "_ZN16hadamard_kernels4cuda25classifier_forward_kernelIfLi15ELb0EEEvNS0_21ClassifierForwardArgsIT_EE"
 ROWS_F64 = "_ZN16hadamard_kernels4cuda31classifier_backward_rows_kernelIdEEvNS0_15BackwardRowArgsIT_EE"
+QUANTIZE_BF16 = "_ZN16hadamard_kernels4cuda18kn_quantize_kernelI13__nv_bfloat16Li13EEEvNS0_6KnArgsIT_EENS0_9QuantArgsE"
 
 LOG = f"""ptxas info    : 0 bytes gmem
 ptxas info    : Compiling entry function '{ROWS_F64}' for 'sm_90'
@@ -63,6 +64,8 @@ def test_describe_reads_template_arguments():
     k = cr.describe(FORWARD_F32)
     assert k.label == "classifier_forward<float32, L=15, contiguous>"
     assert cr.describe(ROWS_F64).label == "classifier_backward_rows<float64>"
+    k = cr.describe(QUANTIZE_BF16)  # the rotate-and-quantise kernel: <T, L>, as kn_transform
+    assert (k.kernel, k.dtype, k.log2, k.label) == ("kn_quantize", "bfloat16", 13, "kn_quantize<bfloat16, L=13>")
     with pytest.raises(ValueError, match="not a hadamard_kernels"):
         cr.describe("_Z3fooPf")
 

@@ -339,6 +339,17 @@ MUTATIONS = {
         "    if (!hk_sim::mutant(5)) __syncthreads();"),
     6: ("orders.cuh", "const uint32_t bits = mask[a2 * p.words] >> shift;",
         "const uint32_t bits = mask[a2 * p.words] >> (shift + hk_sim::mutant(6));"),
+    # The rotate-and-quantise kernel's (tests/test_cuda_sim_quantize.py runs these).
+    7: ("orders.cuh", "    __syncthreads();  // the round's columns read by all of their output groups",
+        "    if (!hk_sim::mutant(7)) __syncthreads();"),
+    8: ("orders.cuh", "            __syncthreads();  // the epilogue reads what stage 2 wrote",
+        "            if (!hk_sim::mutant(8)) __syncthreads();"),
+    9: ("quantize.cuh", "for (int h = 1; h < lanes; h <<= 1) m = nan_max(",
+        "for (int h = 1; h < (lanes >> hk_sim::mutant(9)); h <<= 1) m = nan_max("),
+    10: ("quantize.cuh", "__syncthreads();  // every warp's maximum of this step is in red[parity]",
+         "if (!hk_sim::mutant(10)) __syncthreads();"),
+    11: ("quantize.cuh", "      for (int u = l; u < units; u += sw) {",
+         "      for (int u = l; u < units + hk_sim::mutant(11); u += sw) {"),
 }  # fmt: skip
 
 #: Mutant -> (what it breaks, a case that must be rejected).

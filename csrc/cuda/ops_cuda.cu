@@ -1,5 +1,6 @@
 // CUDA implementations of the hadamard_kernels ops (schemas in csrc/ops.cpp): argument checks,
-// output allocation and the launches of the kernels in fwht.cuh / classifier.cuh / orders.cuh,
+// output allocation and the launches of the kernels in fwht.cuh / classifier.cuh / orders.cuh /
+// quantize.cuh,
 // registered as the CUDA backend. Semantics, shapes and dtypes mirror the CPU implementations exactly.
 // The stream comes from c10/cuda/CUDAStream.h (what at::cuda::getCurrentCUDAStream forwards
 // to), so this file needs no cuBLAS / cuSPARSE headers.
@@ -21,6 +22,7 @@
 #include "classifier.cuh"
 #include "fwht.cuh"
 #include "orders.cuh"
+#include "quantize.cuh"
 
 namespace hadamard_kernels {
 namespace {
@@ -273,6 +275,82 @@ void hadamard_transform_kn_inplace_cuda(at::Tensor& x, const OptTensor& hk, int6
   kn_cuda(rows, rows, hk, K, pow2, scale, pre_signs, post_signs);
 }
 
+// ------------------------------------------------------------------------------------------
+// The fused rotate-and-quantise op (csrc/quantize.cpp has the CPU twin and the formula):
+//   y = scale * [(H_K (x) H_pow2) @ pad(pre . x, K * pow2)][:n], then per group of g entries
+//   scales = float32(absmax / qmax), q = encode(clamp(y / scales, -qmax, qmax)).
+// One pass (quantize.cuh: launch_kn_quantize) where cuda::kn_quantize_single_pass holds:
+// the transform kernel's rows (kn_single_pass), and for K = 1 pow2 up to 2^15 (2^14 in
+// float64) with the row in shared memory. Other rows take the composed path: kn_composed's y
+// (several passes, in the accumulator type), then the quantisation in torch ops
+// (quantize_composed, the formula of reference.quantize_reference; torch's float8 casts on
+// CUDA are c10's conversions, as on the CPU). hk's entries are not checked for +-1 (as above).
+
+// The kernel's code format of a checked code dtype (check_quantize_args).
+cuda::QuantCode quant_code(at::ScalarType code) {
+  if (code == at::kChar) return cuda::QuantCode::kInt8;
+  return code == at::kFloat8_e4m3fn ? cuda::QuantCode::kE4M3 : cuda::QuantCode::kE5M2;
+}
+
+// The float32 scales and codes of y (R, n) in the accumulator type, per group of g, written
+// into q (R, n) and scales (R, n / g).
+void quantize_composed(const at::Tensor& y, int64_t g, at::ScalarType code, at::Tensor& q, at::Tensor& scales) {
+  const int64_t r = y.size(0), n = y.size(1);
+  const double qmax = cuda::quant_max(quant_code(code));
+  const at::Tensor v = y.view({r, n / g, g});
+  const at::Tensor amax = v.abs().amax(-1, /*keepdim=*/true);  // NaN if the group has one
+  const at::Tensor s = (amax / qmax).to(at::kFloat);
+  at::Tensor t = at::where(s == 0, at::zeros({}, v.options()), v / s.to(v.scalar_type())).clamp(-qmax, qmax);
+  t = code == at::kChar ? t.round().nan_to_num(0.0).to(at::kChar) : t.to(at::kFloat).to(code);
+  q.view({r, n}).copy_(t.view({r, n}));
+  scales.view({r, n / g}).copy_(s.view({r, n / g}));
+}
+
+std::tuple<at::Tensor, at::Tensor> hadamard_quantize_cuda(const at::Tensor& x, const OptTensor& hk, int64_t pow2,
+                                                          double scale, const OptTensor& pre_signs,
+                                                          at::ScalarType dtype, int64_t group_size) {
+  constexpr const char* op = "hadamard_kernels::hadamard_quantize";
+  const int64_t K = check_kn_args(x, hk, pow2, pre_signs, std::nullopt, op);
+  const int64_t n = x.size(-1);
+  const int64_t g = check_quantize_args(n, dtype, group_size, op);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(dtype).memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor scales = at::empty(with_last_dim(x, n / g), x.options().dtype(at::kFloat));
+  if (x.numel() == 0) return {q, scales};
+  const at::Tensor rows = kn_rows(x);
+  const int64_t r = rows.size(0);
+  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "hadamard_quantize_cuda", [&] {
+    using T = cuda_t<scalar_t>;
+    using A = cuda::acc_of<T>;
+    if (!cuda::kn_quantize_single_pass<T>(K, pow2, n, cuda::kn_smem_limit())) {
+      at::Tensor q_rows = q.view({r, n});
+      at::Tensor s_rows = scales.view({r, n / g});
+      quantize_composed(kn_composed(rows, hk, pow2, scale, pre_signs, std::nullopt), g, dtype, q_rows, s_rows);
+      return;
+    }
+    const at::Tensor pre_t = kn_signs(pre_signs, acc, 1.0);
+    const at::Tensor hk_t = hk.has_value() ? hk->contiguous() : at::Tensor();
+    at::Tensor ws = workspace(cuda::kn_workspace_bytes(K), rows);
+    cuda::KnParams p{};
+    p.rows = r;
+    p.n = n;
+    p.K = K;
+    p.pow2 = pow2;
+    p.x_row_stride = rows.stride(0);
+    p.out_row_stride = n;
+    p.scale = scale;
+    const cuda::QuantParams qp{quant_code(dtype), g};
+    C10_CUDA_CHECK(cuda::launch_kn_quantize<T>(
+        cptr<scalar_t>(rows), static_cast<uint8_t*>(q.mutable_data_ptr()), scales.mutable_data_ptr<float>(),
+        hk_t.defined() ? hk_t.const_data_ptr<int8_t>() : nullptr, pre_t.defined() ? pre_t.const_data_ptr<A>() : nullptr,
+        p, qp, ws_ptr(ws), stream));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {q, scales};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hadamard_kernels, CUDA, m) {
@@ -281,6 +359,7 @@ TORCH_LIBRARY_IMPL(hadamard_kernels, CUDA, m) {
   m.impl("classifier_backward", &classifier_backward_cuda);
   m.impl("hadamard_transform_kn", &hadamard_transform_kn_cuda);
   m.impl("hadamard_transform_kn_", &hadamard_transform_kn_inplace_cuda);
+  m.impl("hadamard_quantize", &hadamard_quantize_cuda);
 }
 
 }  // namespace hadamard_kernels

@@ -30,6 +30,11 @@
 // K = 1 (hk None, used = 1): no K-point stage, each tile is a whole row and is stored
 // straight from registers with scale and post (the row kernel of fwht.cuh plus the signs).
 //
+// The body is kn_rows<T, L, Epi>, shared with the fused rotate-and-quantise kernel
+// (quantize.cuh): its epilogue is buffered (KnStore's comment), so stage 2 writes y over the
+// row buffer (kn_k_point_in_place; K = 1: the tile's chunk is stored there) and the epilogue
+// quantises the rows from shared memory.
+//
 // R aims at kKnTargetSmemBytes of row buffer (enough items for both stages) and is 1 for
 // large rows; a row of used * p accumulators must fit the shared memory a block of the
 // device may opt into (kn_smem_limit; sm_90: 227 KB, float32 / float16 / bfloat16 rows up
@@ -151,6 +156,41 @@ __device__ __forceinline__ void kn_store_chunk(const Tile& tile, A* dst) {
   }
 }
 
+// acc[g][c] = sum_{a' < used} sign(H_K[a0 + g, a']) * c_a'[b + c]: the K-point product of
+// outputs a0 .. a0 + G - 1 at the CW columns b .. b + CW - 1 of one row, src = the row's
+// buffer + b (stage 2; shared by kn_k_point and kn_k_point_in_place).
+template <typename T, int L>
+__device__ __forceinline__ void kn_accumulate(const KnArgs<T>& p, const acc_of<T>* src, int a0,
+                                              acc_of<T> (&acc)[kKnGroup][kn_columns_per_thread<T, L>()]) {
+  using A = acc_of<T>;
+  constexpr int M = 1 << L;
+  constexpr int CW = kn_columns_per_thread<T, L>();
+  constexpr int G = kKnGroup;
+  const int used = p.used;
+  const uint32_t* mask = p.masks + (a0 >> 5);
+  const int shift = a0 & 31;
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int c = 0; c < CW; ++c) acc[g][c] = A(0);
+  for (int a2 = 0; a2 < used; ++a2) {
+    A v[CW];
+    if constexpr (CW * sizeof(A) == 16) {
+      ld_shared16(src + static_cast<size_t>(a2) * M, v);
+    } else {
+#pragma unroll
+      for (int c = 0; c < CW; ++c) v[c] = src[static_cast<size_t>(a2) * M + c];
+    }
+    const uint32_t bits = mask[a2 * p.words] >> shift;
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const A s = ((bits >> g) & 1u) ? A(-1) : A(1);
+#pragma unroll
+      for (int c = 0; c < CW; ++c) acc[g][c] = signed_add(s, v[c], acc[g][c]);
+    }
+  }
+}
+
 // Stage 2: out[row0 + r, a p + b] for the nrows rows of the block's buffer (see the file
 // comment). Every thread of the block may call it; no barrier inside.
 template <typename T, int L>
@@ -169,30 +209,8 @@ __device__ __forceinline__ void kn_k_point(const KnArgs<T>& p, const acc_of<T>* 
     const int rl = rem / NCG;
     const int b = (rem - rl * NCG) * CW;
     const int a0 = og * G;
-    const A* src = buf + static_cast<size_t>(rl) * used * M + b;
-    const uint32_t* mask = p.masks + (a0 >> 5);
-    const int shift = a0 & 31;
     A acc[G][CW];
-#pragma unroll
-    for (int g = 0; g < G; ++g)
-#pragma unroll
-      for (int c = 0; c < CW; ++c) acc[g][c] = A(0);
-    for (int a2 = 0; a2 < used; ++a2) {
-      A v[CW];
-      if constexpr (CW * sizeof(A) == 16) {
-        ld_shared16(src + static_cast<size_t>(a2) * M, v);
-      } else {
-#pragma unroll
-        for (int c = 0; c < CW; ++c) v[c] = src[static_cast<size_t>(a2) * M + c];
-      }
-      const uint32_t bits = mask[a2 * p.words] >> shift;
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        const A s = ((bits >> g) & 1u) ? A(-1) : A(1);
-#pragma unroll
-        for (int c = 0; c < CW; ++c) acc[g][c] = signed_add(s, v[c], acc[g][c]);
-      }
-    }
+    kn_accumulate<T, L>(p, buf + static_cast<size_t>(rl) * used * M + b, a0, acc);
     T* orow = p.out + (row0 + rl) * p.out_row_stride;
 #pragma unroll
     for (int g = 0; g < G; ++g) {
@@ -222,20 +240,80 @@ __device__ __forceinline__ void kn_k_point(const KnArgs<T>& p, const acc_of<T>* 
   }
 }
 
+// Stage 2 of a buffered epilogue (the quantising kernel, quantize.cuh): the K-point product
+// written over the block's buffer, y[r][a p + b] (unscaled) in place of c_a[b], for the
+// epilogue to read. Every output group reads all chunks of its columns, so a column group b
+// of a row must be read by all of its OG = ceil(used / 8) output groups before any of them
+// writes it: the work goes in rounds of CS column groups (a multiple of 8 lanes, so that
+// 16-byte accesses stay conflict-free) times OG output groups, each round's reads, a barrier,
+// then its writes; later rounds read other columns. Every thread of the block must call it
+// (block-uniform loop); the caller synchronises before reading the buffer.
 template <typename T, int L>
-__global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<false>(RowTile<T, L>::THREADS))
-    kn_transform_kernel(const KnArgs<T> p) {
+__device__ __forceinline__ void kn_k_point_in_place(const KnArgs<T>& p, acc_of<T>* buf, int nrows) {
+  using A = acc_of<T>;
+  constexpr int M = 1 << L;
+  constexpr int CW = kn_columns_per_thread<T, L>();
+  constexpr int NCG = M / CW;
+  constexpr int G = kKnGroup;
+  static_assert(RowTile<T, L>::THREADS >= 8 * ((kMaxK + G - 1) / G), "a round holds 8 column groups of every output group");
+  const int used = p.used;
+  const int og_count = (used + G - 1) / G;
+  const int per_round = (static_cast<int>(blockDim.x) / og_count) & ~7;
+  const int og = static_cast<int>(threadIdx.x) / per_round;  // >= og_count: idle
+  const int cg = static_cast<int>(threadIdx.x) - og * per_round;
+  const int sets = nrows * NCG;
+  for (int s0 = 0; s0 < sets; s0 += per_round) {
+    const int set = s0 + cg;
+    const bool active = og < og_count && set < sets;
+    const int rl = set / NCG;
+    A* col = buf + static_cast<size_t>(rl) * used * M + (set - rl * NCG) * CW;
+    A acc[G][CW] = {};
+    if (active) kn_accumulate<T, L>(p, col, og * G, acc);
+    __syncthreads();  // the round's columns read by all of their output groups
+    if (active) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        if (og * G + g >= used) break;
+        A* dst = col + static_cast<size_t>(og * G + g) * M;
+        if constexpr (CW * sizeof(A) == 16) {
+          st_shared16(dst, acc[g]);
+        } else {
+#pragma unroll
+          for (int c = 0; c < CW; ++c) dst[c] = acc[g][c];
+        }
+      }
+    }
+  }
+}
+
+// What kn_rows does with a block's transformed rows. KnStore (kn_transform_kernel): writes
+// scale * post . y to p.out, from the tiles' registers (K = 1) or from stage 2. A buffered
+// epilogue (kBuffered, e.g. quantize.cuh's KnQuantize) instead gets every row's y, unscaled,
+// in the shared-memory row buffer, for any K: its call
+//     epi(p, buf, row_stride, row0, nrows)
+// reads row r < nrows (output row row0 + r) at buf + r * row_stride, columns [0, n); every
+// thread of the block calls it (it may synchronise the block); kn_rows synchronises after it.
+struct KnStore {
+  static constexpr bool kBuffered = false;
+};
+
+// The body of the K * 2^k kernels: stages 1 and 2 (file comment) over the block's rows, then
+// the epilogue's stores.
+template <typename T, int L, typename Epi>
+__device__ __forceinline__ void kn_rows(const KnArgs<T>& p, const Epi& epi) {
   using Tile = RowTile<T, L>;
   using A = acc_of<T>;
   constexpr int M = Tile::M;
   constexpr bool kKPoint = L <= kn_max_k_point_log2<T>();
+  constexpr bool kBuffered = Epi::kBuffered;
   HK_DYNAMIC_SHARED(unsigned char, smem_raw);
   A* buf = reinterpret_cast<A*>(smem_raw);
   Tile tile;
   const int used = p.used;
   const int R = p.rows_per_block;
-  // K = 1; always for tiles beyond kn_max_k_point_log2 (no K-point stage compiled in).
-  const bool direct = !kKPoint || p.masks == nullptr;
+  // K = 1 or tiles beyond kn_max_k_point_log2 (no K-point stage compiled in), when storing
+  // from the registers; a buffered epilogue always takes the row buffer.
+  const bool direct = !kBuffered && (!kKPoint || p.masks == nullptr);
   const int64_t groups = (p.rows + R - 1) / R;
   for (int64_t g = blockIdx.x; g < groups; g += gridDim.x) {
     const int64_t row0 = g * R;
@@ -255,31 +333,54 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<false>
       // for whole RPB-item steps): each tile its own chunk's slot.
       tile.transform(Tile::W > 1 ? buf + static_cast<size_t>(i0) * M : buf);
       if (direct) {
-        if (valid) {
-          T* orow = p.out + row * p.out_row_stride;
-          if (p.post != nullptr) {
-            const A* post = p.post;
-            tile.store(orow, p.n, p.vec_store, [post](A v, int64_t c) { return v * post[c]; });
-          } else {
-            const A s = p.scale;
-            tile.store(orow, p.n, p.vec_store, [s](A v, int64_t) { return s * v; });
+        if constexpr (!kBuffered) {
+          if (valid) {
+            T* orow = p.out + row * p.out_row_stride;
+            if (p.post != nullptr) {
+              const A* post = p.post;
+              tile.store(orow, p.n, p.vec_store, [post](A v, int64_t c) { return v * post[c]; });
+            } else {
+              const A s = p.scale;
+              tile.store(orow, p.n, p.vec_store, [s](A v, int64_t) { return s * v; });
+            }
           }
+          if constexpr (Tile::W > 1) __syncthreads();  // the next rows' exchange reuses the buffer
         }
-        if constexpr (Tile::W > 1) __syncthreads();  // the next rows' exchange reuses the buffer
-      } else if constexpr (kKPoint) {
+      } else if constexpr (kKPoint || kBuffered) {
         // The chunk's threads have read the exchange (float16 / bfloat16: its layout is not
         // the natural one, the store below overwrites entries others still read).
         if constexpr (Tile::W > 1) __syncthreads();
-        if (valid) kn_store_chunk(tile, buf + static_cast<size_t>(i) * M);
+        // A buffered epilogue's 16-bit tiles spanning several warps store past the rows too
+        // (zeros, into the slots of their whole RPB-item step, never read): with the row
+        // predicate kn_quantize_kernel<float16 / bfloat16, 13 / 14> spilled 4 bytes, without
+        // it <float32, 14> did (ptxas 13.0, sm_90).
+        constexpr bool kStoreAll = kBuffered && Tile::W > 1 && sizeof(T) == 2;
+        if (valid || kStoreAll) kn_store_chunk(tile, buf + static_cast<size_t>(i) * M);
       }
     }
-    if constexpr (kKPoint) {
+    if constexpr (kKPoint || kBuffered) {
       if (direct) continue;
       __syncthreads();  // stage 2 reads every chunk of the rows
-      kn_k_point<T, L>(p, buf, row0, nrows);
+      if constexpr (kBuffered) {
+        if constexpr (kKPoint) {
+          if (p.masks != nullptr) {
+            kn_k_point_in_place<T, L>(p, buf, nrows);
+            __syncthreads();  // the epilogue reads what stage 2 wrote
+          }
+        }
+        epi(p, buf, static_cast<int64_t>(used) * M, row0, nrows);
+      } else {
+        kn_k_point<T, L>(p, buf, row0, nrows);
+      }
       __syncthreads();  // before the next rows' chunks overwrite the buffer
     }
   }
+}
+
+template <typename T, int L>
+__global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<false>(RowTile<T, L>::THREADS))
+    kn_transform_kernel(const KnArgs<T> p) {
+  kn_rows<T, L>(p, KnStore{});
 }
 
 // masks[a' * words + w] bit j = (hk[(32 w + j) * K + a'] < 0) for a' < K (zero bits past K).
@@ -313,7 +414,8 @@ struct KnParams {
   double scale;
 };
 
-// Rows per block and dynamic shared memory of kn_transform_kernel<T, L>.
+// Rows per block and dynamic shared memory of kn_transform_kernel<T, L> (direct: K = 1
+// stored from the registers; otherwise R rows of used chunks in the row buffer).
 struct KnShape {
   int rows_per_block;
   size_t smem_bytes;
@@ -354,16 +456,17 @@ inline size_t kn_smem_limit() {
 
 // Whether launch_kn does (K, pow2, n) in one pass for storage type T on a device whose blocks
 // may have smem_limit bytes of dynamic shared memory (kn_smem_limit): pow2 within the
-// single-pass row tiles and, for K > 1, one row of used chunks in shared memory.
+// single-pass row tiles and, for K > 1, one row of used chunks in shared memory. buffered:
+// for a buffered epilogue (launch_kn_quantize), whose rows are always in the row buffer.
 template <typename T>
-inline bool kn_single_pass(int64_t K, int64_t pow2, int64_t n, size_t smem_limit) {
+inline bool kn_single_pass(int64_t K, int64_t pow2, int64_t n, size_t smem_limit, bool buffered = false) {
   const int L = ilog2(pow2);
   if ((int64_t{1} << L) != pow2 || L > max_single_pass_log2<T>() || n > K * pow2) return false;
   if (K > 1 && L > kn_max_k_point_log2<T>()) return false;
   const int64_t used = std::max<int64_t>((n + pow2 - 1) / pow2, 1);
-  size_t bytes = 0;  // one row's buffer (K > 1), the exchange buffer (K = 1)
+  size_t bytes = 0;  // one row's buffer (K > 1 or buffered), the exchange buffer (K = 1)
   dispatch_log2<0, max_single_pass_log2<T>()>(L, [&](auto lc) {
-    bytes = kn_shape<T, decltype(lc)::value>(1, used, K == 1).smem_bytes;
+    bytes = kn_shape<T, decltype(lc)::value>(1, used, K == 1 && !buffered).smem_bytes;
     return cudaSuccess;
   });
   return bytes <= smem_limit;
@@ -374,6 +477,42 @@ inline size_t kn_workspace_bytes(int64_t K) {
   if (K <= 1) return 0;
   const size_t bytes = static_cast<size_t>(K) * kn_mask_words(K) * sizeof(uint32_t);
   return (bytes + 255) / 256 * 256;
+}
+
+// H_K's sign masks into the workspace (kn_masks_kernel); null for K = 1 (hk null).
+inline cudaError_t kn_launch_masks(const int8_t* hk, int64_t K, void* workspace, cudaStream_t stream,
+                                   uint32_t** masks) {
+  *masks = nullptr;
+  if (K <= 1) return cudaSuccess;
+  *masks = static_cast<uint32_t*>(workspace);
+  const int words = kn_mask_words(K);
+  const int total = static_cast<int>(K) * words;
+  HK_LAUNCH(kn_masks_kernel<int8_t>, grid_for((total + 255) / 256), 256, 0, stream, hk, static_cast<int>(K), words,
+            *masks);
+  return cudaGetLastError();
+}
+
+// The arguments of kn_rows<T, L> common to both kernels (out, post and vec_store left unset).
+template <typename T, int L>
+inline KnArgs<T> kn_args(const T* x, const uint32_t* masks, const acc_of<T>* pre, const KnParams& p, int64_t used,
+                         const KnShape& shape) {
+  using A = acc_of<T>;
+  using Tile = RowTile<T, L>;
+  KnArgs<T> a{};
+  a.x = x;
+  a.rows = p.rows;
+  a.n = p.n;
+  a.x_row_stride = p.x_row_stride;
+  a.out_row_stride = p.out_row_stride;
+  a.masks = masks;
+  a.words = kn_mask_words(p.K);
+  a.used = static_cast<int>(used);
+  a.rows_per_block = shape.rows_per_block;
+  a.pre = pre;
+  a.scale = static_cast<A>(p.scale);
+  a.vec_load = can_vectorize<T>(x, p.x_row_stride, 1, p.n, Tile::KV) &&
+               (pre == nullptr || aligned_to(pre, int64_t{Tile::KV} * static_cast<int64_t>(sizeof(A))));
+  return a;
 }
 
 // out[r, :n] = the formula of the file comment for p.rows rows, in one pass; hk: int8 K x K
@@ -392,36 +531,16 @@ cudaError_t launch_kn(const T* x, T* out, const int8_t* hk, const acc_of<T>* pre
   const int L = ilog2(p.pow2);
   const int64_t used = (p.n + p.pow2 - 1) / p.pow2;
   uint32_t* masks = nullptr;
-  if (p.K > 1) {
-    masks = static_cast<uint32_t*>(workspace);
-    const int words = kn_mask_words(p.K);
-    const int total = static_cast<int>(p.K) * words;
-    HK_LAUNCH(kn_masks_kernel<int8_t>, grid_for((total + 255) / 256), 256, 0, stream, hk, static_cast<int>(p.K), words,
-              masks);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
+  const cudaError_t mask_err = kn_launch_masks(hk, p.K, workspace, stream, &masks);
+  if (mask_err != cudaSuccess) return mask_err;
   return dispatch_log2<0, max_single_pass_log2<T>()>(L, [&](auto lc) {
     constexpr int kL = decltype(lc)::value;
     using Tile = RowTile<T, kL>;
     const bool direct = p.K == 1;
     const KnShape shape = kn_shape<T, kL>(p.rows, used, direct);
-    KnArgs<T> a{};
-    a.x = x;
+    KnArgs<T> a = kn_args<T, kL>(x, masks, pre, p, used, shape);
     a.out = out;
-    a.rows = p.rows;
-    a.n = p.n;
-    a.x_row_stride = p.x_row_stride;
-    a.out_row_stride = p.out_row_stride;
-    a.masks = masks;
-    a.words = kn_mask_words(p.K);
-    a.used = static_cast<int>(used);
-    a.rows_per_block = shape.rows_per_block;
-    a.pre = pre;
     a.post = post;
-    a.scale = static_cast<A>(p.scale);
-    a.vec_load = can_vectorize<T>(x, p.x_row_stride, 1, p.n, Tile::KV) &&
-                 (pre == nullptr || aligned_to(pre, int64_t{Tile::KV} * static_cast<int64_t>(sizeof(A))));
     const int kv_out = direct ? Tile::KV : kn_columns_per_thread<T, kL>();
     a.vec_store = can_vectorize<T>(out, p.out_row_stride, 1, p.n, kv_out) &&
                   (direct || post == nullptr || aligned_to(post, int64_t{kv_out} * static_cast<int64_t>(sizeof(A))));

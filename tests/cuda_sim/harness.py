@@ -267,3 +267,57 @@ def run_kn(
                 _put(d, kv, key, t.to(acc))
         result = _execute(d, kv, runner, env, dtype, rows, n, None)
     return result
+
+
+#: The code formats of launch_kn_quantize (csrc/cuda/quantize.cuh: QuantCode).
+QUANT_CODES = {torch.int8: 0, torch.float8_e4m3fn: 1, torch.float8_e5m2: 2}
+
+
+@dataclasses.dataclass
+class QuantResult:
+    q: torch.Tensor  # (rows, n) codes, as the code dtype
+    scales: torch.Tensor  # (rows, n // group) float32
+    launches: list[dict]  # the mask kernel (K > 1) and the quantising kernel
+
+
+def run_quantize(
+    *,
+    x: View,
+    rows: int,
+    n: int,
+    pow2: int,
+    code: torch.dtype,
+    group: int,
+    schedules: list[str],
+    hk: torch.Tensor | None = None,
+    pre: torch.Tensor | None = None,
+    scale: float = 1.0,
+    runner: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> QuantResult:
+    """Run launch_kn_quantize (csrc/cuda/quantize.cuh) on the harness: the codes and scales of
+    y[r] = scale * [(H_K kron H_pow2) @ pad(pre . x[r], K * pow2)][:n] per group of ``group``
+    (a divisor of n) for the (rows, n) view x (unit column stride); hk, pre as run_kn."""
+    dtype = x.storage.dtype
+    name, _, acc = DTYPES[dtype]
+    runner = runner or build()
+    K = 1 if hk is None else hk.shape[0]
+    with tempfile.TemporaryDirectory(prefix="cuda_sim-") as tmp:
+        d = Path(tmp)
+        kv = {"op": "quantize", "dtype": name, "rows": rows, "in": n, "out": n, "scale": repr(float(scale)),
+              "normalize": 0, "eps": "1e-12", "schedules": " ".join(schedules), "K": K, "pow2": pow2,
+              "code": QUANT_CODES[code], "group": group, "x_row_stride": x.row_stride,
+              "x_col_stride": x.col_stride}  # fmt: skip
+        _put(d, kv, "x", x.storage, x.offset)
+        if hk is not None:
+            _put(d, kv, "hk", hk.to(torch.int8))
+        if pre is not None:
+            _put(d, kv, "pre", pre.to(acc))
+        (d / "request.txt").write_text("".join(f"{k} {v}\n" for k, v in kv.items()))
+        proc = subprocess.run([str(runner), str(d)], capture_output=True, text=True,
+                              env={**os.environ, **ENV, **(env or {})})  # fmt: skip
+        if proc.returncode != 0:
+            raise SimFailure(proc.returncode, proc.stderr)
+        q = _read(d / "y.bin", torch.uint8).view(code).reshape(rows, n)
+        scales = _read(d / "scales.bin", torch.float32).reshape(rows, n // group)
+        return QuantResult(q, scales, json.loads((d / "counters.json").read_text()))

@@ -7,6 +7,7 @@
 #include "classifier.cuh"
 #include "fwht.cuh"
 #include "orders.cuh"
+#include "quantize.cuh"
 
 namespace hk_sim {
 
@@ -58,7 +59,7 @@ static hadamard_kernels::cuda::KnParams kn_params(const Request& r) {
 }
 
 size_t HK_SIM_CAT(workspace_bytes_, HK_SIM_TAG)(const Request& r) {
-  if (r.op == "kn") return cu::kn_workspace_bytes(r.K);
+  if (r.op == "kn" || r.op == "quantize") return cu::kn_workspace_bytes(r.K);
   if (r.op == "transform") return cu::transform_workspace_bytes<T>(transform_params(r));
   return cu::classifier_workspace_bytes<T>(classifier_params(r, r.op == "backward"), r.op == "backward");
 }
@@ -68,6 +69,12 @@ cudaError_t HK_SIM_CAT(run_, HK_SIM_TAG)(const Request& r) {
     return cu::launch_kn<T>(static_cast<const T*>(r.x), static_cast<T*>(r.y), static_cast<const int8_t*>(r.hk),
                             static_cast<const A*>(r.pre), static_cast<const A*>(r.post), kn_params(r), r.workspace,
                             nullptr);
+  }
+  if (r.op == "quantize") {
+    const cu::QuantParams qp{static_cast<cu::QuantCode>(r.code), r.group};
+    return cu::launch_kn_quantize<T>(static_cast<const T*>(r.x), static_cast<uint8_t*>(r.y),
+                                     static_cast<float*>(r.scales), static_cast<const int8_t*>(r.hk),
+                                     static_cast<const A*>(r.pre), kn_params(r), qp, r.workspace, nullptr);
   }
   if (r.op == "transform") {
     return cu::launch_transform<T>(static_cast<const T*>(r.x), static_cast<T*>(r.y), transform_params(r),

@@ -9,7 +9,7 @@
 namespace hk_sim {
 
 struct Request {
-  std::string op;     // "transform", "forward", "backward" or "kn"
+  std::string op;     // "transform", "forward", "backward", "kn" or "quantize"
   std::string dtype;  // "float32", "float64", "float16" or "bfloat16"
   int64_t rows = 0;
   int64_t in = 0;   // transform: in_features; classifier: N
@@ -24,17 +24,22 @@ struct Request {
   double scale = 1.0;
   // kn: n = in = out entries per row, K (1: hk null), pow2; hk int8 K x K; pre / post: n
   // accumulators or null (post with the scale multiplied in); inplace: y is x (contiguous).
+  // quantize: the same without post, plus the code format (cuda::QuantCode) and the group.
   int64_t K = 1, pow2 = 1;
+  int code = 0;
+  int64_t group = 0;
   const void* hk = nullptr;
   const void* pre = nullptr;
   const void* post = nullptr;
   bool inplace = false;
   bool normalize = true;
   double eps = 1e-12;
-  // Outputs: out (transform: rows x out; forward: rows x C; backward: grad_x rows x N),
-  // contrib (backward: rows accumulators), workspace (ws_bytes, sized by the launcher's rule).
+  // Outputs: out (transform: rows x out; forward: rows x C; backward: grad_x rows x N;
+  // quantize: the codes, rows x n bytes), contrib (backward: rows accumulators), scales
+  // (quantize: rows x n / group float32), workspace (ws_bytes, sized by the launcher's rule).
   void* y = nullptr;
   void* contrib = nullptr;
+  void* scales = nullptr;
   void* workspace = nullptr;
 };
 

@@ -7,7 +7,8 @@
 // their storage's size, then runs the launcher once per schedule: outputs and workspace
 // poisoned (0xFF) before each run, the outputs of every run bit-identical to the first
 // (otherwise the result depends on the thread order: a race). Writes DIR/y.bin (and
-// DIR/contrib.bin for the backward) and DIR/counters.json (the first run's launches).
+// DIR/contrib.bin for the backward, DIR/scales.bin for quantize) and DIR/counters.json (the
+// first run's launches).
 // Exit codes: 0 ok, 2 bad request, 3 a check of sim.cpp failed, 4 a launcher returned an
 // error, 5 schedule-dependent results; AddressSanitizer / UBSan report with their own.
 #include <cstdio>
@@ -136,10 +137,11 @@ int main(int argc, char** argv) {
   // each schedule instead of poisoning the output.
   std::vector<char> x_bytes;
   char* x_base = nullptr;
-  if (r.op == "kn") {
+  const bool quantize = r.op == "quantize";
+  if (r.op == "kn" || quantize) {
     r.K = std::stoll(get("K"));
     r.pow2 = std::stoll(get("pow2"));
-    r.inplace = get("inplace") == "1";
+    r.inplace = !quantize && get("inplace") == "1";
     r.hk = device_input(kv, dir, "hk", 1);
     r.pre = device_input(kv, dir, "pre", acc);
     r.post = device_input(kv, dir, "post", acc);
@@ -148,20 +150,27 @@ int main(int argc, char** argv) {
       x_base = static_cast<char*>(const_cast<void*>(r.x)) - std::stoll(get("x_offset")) * static_cast<long long>(elem);
     }
   }
+  if (quantize) {
+    r.code = std::stoi(get("code"));
+    r.group = std::stoll(get("group"));
+    if (r.group < 1 || r.in % r.group != 0) die(2, "group must divide n");
+  }
   const int64_t y_cols = r.op == "backward" ? r.in : r.out;
-  const size_t y_bytes = static_cast<size_t>(r.rows * y_cols) * elem;
+  const size_t y_bytes = static_cast<size_t>(r.rows * y_cols) * (quantize ? 1 : elem);  // quantize: 1-byte codes
   if (r.inplace) {
     if (r.x_row_stride != r.in || r.x_col_stride != 1) die(2, "in place needs contiguous rows");
     r.y = const_cast<void*>(r.x);
   } else {
-    r.y = hk_sim::device_alloc(y_bytes, "out");
+    r.y = hk_sim::device_alloc(y_bytes, quantize ? "q" : "out");
   }
+  const size_t scales_bytes = quantize ? static_cast<size_t>(r.rows * (r.in / r.group)) * 4 : 0;
+  if (scales_bytes > 0) r.scales = hk_sim::device_alloc(scales_bytes, "scales");
   const size_t contrib_bytes = r.op == "backward" ? static_cast<size_t>(r.rows) * acc : 0;
   if (contrib_bytes > 0) r.contrib = hk_sim::device_alloc(contrib_bytes, "contrib");
   const size_t ws_bytes = hk_sim::workspace_bytes(r);
   if (ws_bytes > 0) r.workspace = hk_sim::device_alloc(ws_bytes, "workspace");
 
-  std::vector<char> first_y, first_contrib;
+  std::vector<char> first_y, first_contrib, first_scales;
   std::vector<hk_sim::LaunchRecord> first_launches;
   std::istringstream schedules(get("schedules"));
   std::string token;
@@ -189,24 +198,28 @@ int main(int argc, char** argv) {
       hk_sim::poison(r.y);
     }
     if (r.contrib) hk_sim::poison(r.contrib);
+    if (r.scales) hk_sim::poison(r.scales);
     if (r.workspace) hk_sim::poison(r.workspace);
     hk_sim::clear_launches();
     const cudaError_t err = hk_sim::run(r);
     if (err != cudaSuccess) die(4, "the launcher returned error " + std::to_string(err) + " (schedule " + token + ")");
     std::vector<char> y(static_cast<char*>(r.y), static_cast<char*>(r.y) + y_bytes);
     std::vector<char> contrib(static_cast<char*>(r.contrib), static_cast<char*>(r.contrib) + contrib_bytes);
+    std::vector<char> scales(static_cast<char*>(r.scales), static_cast<char*>(r.scales) + scales_bytes);
     if (first) {
       first_y = std::move(y);
       first_contrib = std::move(contrib);
+      first_scales = std::move(scales);
       first_launches = hk_sim::launches();
       first = false;
-    } else if (y != first_y || contrib != first_contrib) {
+    } else if (y != first_y || contrib != first_contrib || scales != first_scales) {
       die(5, "schedule " + token + " gives other results than the first schedule: the kernel races");
     }
   }
   if (first) die(2, "no schedules");
   write_file(dir + "/y.bin", first_y.data(), first_y.size());
   if (contrib_bytes > 0) write_file(dir + "/contrib.bin", first_contrib.data(), first_contrib.size());
+  if (scales_bytes > 0) write_file(dir + "/scales.bin", first_scales.data(), first_scales.size());
 
   std::ofstream js(dir + "/counters.json");
   js << "[\n";

@@ -13,6 +13,7 @@
 #include "../classifier.cuh"
 #include "../fwht.cuh"
 #include "../orders.cuh"
+#include "../quantize.cuh"
 
 namespace hadamard_kernels {
 namespace cuda {
@@ -25,7 +26,9 @@ namespace cuda {
                                                      const acc_of<T>*, T*, acc_of<T>*,                 \
                                                      const ClassifierParams&, void*, cudaStream_t);     \
   template cudaError_t launch_kn<T>(const T*, T*, const int8_t*, const acc_of<T>*, const acc_of<T>*,          \
-                                    const KnParams&, void*, cudaStream_t);
+                                    const KnParams&, void*, cudaStream_t);                               \
+  template cudaError_t launch_kn_quantize<T>(const T*, uint8_t*, float*, const int8_t*, const acc_of<T>*,      \
+                                             const KnParams&, const QuantParams&, void*, cudaStream_t);
 
 HADAMARD_KERNELS_INSTANTIATE(float)
 HADAMARD_KERNELS_INSTANTIATE(double)
@@ -61,7 +64,8 @@ HADAMARD_KERNELS_MANIFEST(__nv_bfloat16, bf16)
 
 #undef HADAMARD_KERNELS_MANIFEST
 
-// The same for kn_transform_kernel<T, L> (orders.cuh), which launches with RowTile<T, L>::THREADS
+// The same for kn_transform_kernel<T, L> (orders.cuh) and kn_quantize_kernel<T, L>
+// (quantize.cuh, the same launch configuration), which launch with RowTile<T, L>::THREADS
 // threads and a row buffer whose size depends on the call: listed at max(the K = 1 exchange
 // buffer, the kKnTargetSmemBytes that a block of K > 1 rows aims at). A block whose one row
 // needs more (a row of over 113 KB of accumulators: float32 rows above 28 * 2^10 entries)
