@@ -348,6 +348,10 @@ def run_quant_case(case: QuantCase, device: torch.device, stat: str) -> list[Qua
         "fwht_quantize (fused)": lambda: hk.fwht_quantize(x, dtype=code, group_size=case.group_size),
         "fwht, then quantise in torch ops": lambda: quantize_reference(hk.fwht(x), code, case.group_size),
     }
+    # Every backend present: on a GPU "auto" is the CUDA kernel, so the Triton one gets its own row.
+    if device.type == "cuda" and "triton" in hk.available_backends(device):
+        fns["fwht_quantize (fused, triton)"] = lambda: hk.fwht_quantize(
+            x, dtype=code, group_size=case.group_size, backend="triton")
     times = _measure(fns, device, "x.clone()", stat)
     return [QuantRow(name, case.dtype, case.n, case.rows, case.code, case.group_size, t.ms, t.spread, t.ratio,
                      t.ratio_spread, t.busy) for name, t in times.items()]  # fmt: skip
