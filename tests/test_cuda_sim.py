@@ -339,6 +339,19 @@ MUTATIONS = {
         "    if (!hk_sim::mutant(5)) __syncthreads();"),
     6: ("orders.cuh", "const uint32_t bits = mask[a2 * p.words] >> shift;",
         "const uint32_t bits = mask[a2 * p.words] >> (shift + hk_sim::mutant(6));"),
+    # The classifier's simplex ETF head (tests/test_cuda_sim_etf.py runs these).
+    7: ("classifier.cuh", "    if constexpr (kEtf) mean = tile_mean(tile, p.c, p.inv_c, red);",
+        "    if constexpr (kEtf) mean = hk_sim::mutant(7) ? A(0) : tile_mean(tile, p.c, p.inv_c, red);"),
+    8: ("classifier.cuh", "  return sum * inv_c;",
+        "  return hk_sim::mutant(8) ? sum / static_cast<A>(c + 1) : sum * inv_c;"),
+    9: ("classifier.cuh", "      if (Tile::q_load_offset(v) * Tile::KV + k < rel) tile.a[v][k] -= mean;",
+        "      if (Tile::q_load_offset(v) * Tile::KV + k < rel + hk_sim::mutant(9)) tile.a[v][k] -= mean;"),
+    10: ("fwht.cuh", "sum_below(Tile::clamp_limit(p.centre_cols, 0));",
+         "sum_below(Tile::clamp_limit(p.centre_cols + hk_sim::mutant(10), 0));"),
+    11: ("classifier.cuh", "static_cast<A>(hadamard_prefix_sum(p.etf_c, i))",
+         "static_cast<A>(hadamard_prefix_sum(p.etf_c + hk_sim::mutant(11), i))"),
+    12: ("classifier.cuh", "p.contrib[r] = kEtf ? co.contrib * p.factor : co.contrib;",
+         "p.contrib[r] = kEtf && !hk_sim::mutant(12) ? co.contrib * p.factor : co.contrib;"),
 }  # fmt: skip
 
 #: Mutant -> (what it breaks, a case that must be rejected).

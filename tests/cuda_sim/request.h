@@ -31,6 +31,7 @@ struct Request {
   bool inplace = false;
   bool normalize = true;
   double eps = 1e-12;
+  bool etf = false;  // classifier: the simplex ETF head
   // Outputs: out (transform: rows x out; forward: rows x C; backward: grad_x rows x N),
   // contrib (backward: rows accumulators), workspace (ws_bytes, sized by the launcher's rule).
   void* y = nullptr;
