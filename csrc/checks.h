@@ -6,7 +6,6 @@
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
 
-#include <cmath>
 #include <optional>
 
 #include "hadamard.h"
@@ -60,12 +59,6 @@ inline void check_classifier_args(const at::Tensor& x, const at::Tensor& scale, 
   }
 }
 
-// sqrt(C / ((C - 1) N)): the factor that makes the centred rows (I - 11^T / C) H_N[:C, :N]
-// unit vectors, so that W = etf_factor * (I - 11^T / C) H_N[:C, :N] is the simplex ETF
-// (unit rows, pairwise cosine -1 / (C - 1)).
-inline double etf_factor(int64_t num_classes, int64_t n) {
-  return std::sqrt(static_cast<double>(num_classes) / (static_cast<double>(num_classes - 1) * n));
-}
 
 // Returns bias made contiguous (undefined when absent) after checking shape, dtype, device.
 inline at::Tensor checked_bias(const std::optional<at::Tensor>& bias, const at::Tensor& x, int64_t num_classes,

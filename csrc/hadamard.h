@@ -7,6 +7,7 @@
 // the input row is zero-padded to M, transformed, and truncated to out_features.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 namespace hadamard_kernels {
@@ -49,6 +50,13 @@ struct TransformParams {
 // over the C outputs before the scale, the backward subtracts the mean of g over the
 // classes before the transform (the centring is symmetric); f is folded into alpha and
 // multiplies dL/dalpha.
+// sqrt(C / ((C - 1) N)): the factor that makes the centred rows (I - 11^T / C) H_N[:C, :N]
+// unit vectors, so that W = etf_factor * (I - 11^T / C) H_N[:C, :N] is the simplex ETF
+// (unit rows, pairwise cosine -1 / (C - 1)). Host code (the CPU kernels, the CUDA launchers).
+inline double etf_factor(int64_t num_classes, int64_t n) {
+  return std::sqrt(static_cast<double>(num_classes) / (static_cast<double>(num_classes - 1) * n));
+}
+
 struct ClassifierParams {
   TransformParams t;  // in_features = N, out_features = C (backward: swapped)
   bool normalize;

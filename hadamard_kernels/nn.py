@@ -145,10 +145,8 @@ class HadamardClassifier(_FixedClassifier):
         super().__init__(in_features, num_classes, bias, init_scale, learn_scale, normalize, eps, device, dtype)
         self.backend = backend
 
-    # The weight: H_M[:C, :N] here, the simplex ETF in SimplexETFClassifier (whose op may be
-    # another backend's, hence its own fast-path key).
+    # The weight: H_M[:C, :N] here, the simplex ETF in SimplexETFClassifier (the same op with etf).
     _etf = False
-    _fast_key = "hadamard_classifier"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.size(-1) != self.in_features:
@@ -159,7 +157,7 @@ class HadamardClassifier(_FixedClassifier):
         # the call, the margin between this head and nn.Linear(512, 10) (benchmarks/sweep.py).
         if not ops._is_compiling():
             try:
-                fwd = ops._FAST_OPS.get((self._fast_key, self.backend, x.device))
+                fwd = ops._FAST_OPS.get(("hadamard_classifier", self.backend, x.device))
                 bias, eps = self.bias, self.eps
                 if fwd is not None and eps >= ops._EPS_ALWAYS_OK and (bias is None or bias.dtype == x.dtype):
                     return fwd(x, self.scale, bias, self.num_classes, self.normalize, eps, self._etf)
@@ -265,7 +263,6 @@ class SimplexETFClassifier(HadamardClassifier):
     """
 
     _etf = True
-    _fast_key = ops._ETF_KEY
 
     def __init__(
         self,

@@ -164,13 +164,6 @@ def _check_size(n: int, out_features: int, op: str) -> None:
         )
 
 
-# Backends whose classifier ops implement etf=True. The CUDA kernels do not yet (issue 13):
-# there the CUDA op raises, so on a GPU "auto" takes the Triton kernel (or the reference).
-_ETF_BACKENDS = ("triton", "cpu", "reference")
-# The fast-path key of hadamard_classifier(..., etf=True): its op may differ from the plain head's.
-_ETF_KEY = "hadamard_classifier_etf"
-
-
 def _check_etf_size(n: int, num_classes: int, op: str) -> None:
     """The simplex ETF head's sizes: N a power of two and 2 <= C <= N, else ValueError."""
     if n & (n - 1) or not 2 <= num_classes <= n:
@@ -242,7 +235,7 @@ def classifier_fast_path(x, num_classes, scale, bias, normalize, eps, backend, e
     if _is_compiling():
         return None
     try:
-        fwd = _FAST_OPS.get((_ETF_KEY if etf else "hadamard_classifier", backend, x.device))
+        fwd = _FAST_OPS.get(("hadamard_classifier", backend, x.device))
         # The full path casts a bias of another dtype and makes a tensor of a float scale;
         # the op checks everything else.
         if (fwd is not None and type(num_classes) is int and isinstance(scale, torch.Tensor)
@@ -338,8 +331,7 @@ def hadamard_classifier(
         if bias.device != x.device:
             raise ValueError(f"{op}: bias is on {bias.device} but x is on {x.device}")
         bias = bias.to(x.dtype)
-    usable = tuple(b for b in available_backends(x.device) if b in _ETF_BACKENDS) if etf else None
-    name = _resolve_backend(backend, x, op, usable, what="the simplex ETF head on " if etf else "")
+    name = _resolve_backend(backend, x, op)
     if name == "reference":
         return reference.hadamard_classifier_reference(
             x, num_classes, scale, bias, normalize=normalize, eps=eps, etf=etf
@@ -350,7 +342,7 @@ def hadamard_classifier(
         fwd = torch.ops.hadamard_kernels.classifier_forward.default
     y = fwd(x, scale, bias, num_classes, normalize, eps, etf)
     if name in ("cpu", "cuda"):  # ops whose C++ checks are complete
-        _FAST_OPS[(_ETF_KEY if etf else "hadamard_classifier", backend, x.device)] = fwd._op
+        _FAST_OPS[("hadamard_classifier", backend, x.device)] = fwd._op
     return y
 
 

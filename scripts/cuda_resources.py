@@ -7,7 +7,7 @@ Inputs, both from the one nvcc compile of scripts/check_cuda.sh (`-Xptxas -v -ke
   - the PTX: each kernel's `.maxntid` (its __launch_bounds__, which is the block size every
     launcher in csrc/cuda/ uses) and the tile manifest of csrc/cuda/check/compile_check.cu,
     {L, threads, dynamic shared bytes} of RowTile<T, L> (row_transform_kernel,
-    classifier_forward_kernel and classifier_backward_kernel launch with
+    row_transform_centre_kernel, classifier_forward_kernel and classifier_backward_kernel launch with
     RowTile<T, L>::kSmemBytes of dynamic shared memory; the other kernels with none), and the
     kn manifest of kn_transform_kernel and kn_quantize_kernel (orders.cuh, quantize.cuh:
     RowTile<T, L>::THREADS threads, a row buffer that depends on the call, listed at its
@@ -78,7 +78,7 @@ STRIDED_ALLOW: dict[tuple[str, str, int], str] = {
 DTYPES = {"float": "float32", "double": "float64", "__half": "float16", "__nv_bfloat16": "bfloat16",
           "signed char": "int8"}
 MANIFEST_DTYPES = {"f32": "float32", "f64": "float64", "f16": "float16", "bf16": "bfloat16"}
-ROW_TILE_KERNELS = ("row_transform", "classifier_forward", "classifier_backward")
+ROW_TILE_KERNELS = ("row_transform", "row_transform_centre", "classifier_forward", "classifier_backward")
 KN_KERNELS = ("kn_transform", "kn_quantize")  # <T, L>, launched as the kn manifest says
 EPILOGUES = {0: "scale", 1: "classifier"}  # enum class ColumnEpilogue in fwht.cuh
 
@@ -104,6 +104,7 @@ class Kernel:
     log2: int | None  # L of a row tile, L2 (high bits) of a column kernel, None otherwise
     strided: bool  # kStrided row-tile kernel (column stride != 1)
     epilogue: str  # column kernels: scale | classifier
+    etf: bool = False  # classifier_forward / classifier_backward with the simplex ETF head (kEtf)
 
     @property
     def path(self) -> str:
@@ -120,6 +121,8 @@ class Kernel:
             args.append(self.epilogue)
         if self.kernel in ROW_TILE_KERNELS:
             args.append(self.path)
+        if self.etf:
+            args.append("etf")
         return f"{self.kernel}<{', '.join(args)}>"
 
 
@@ -236,13 +239,13 @@ def describe(mangled: str) -> Kernel:
                 i = j + v.end() + 1
     kernel = name[: -len("_kernel")]
     dtype = DTYPES[args[0]]
-    if kernel == "row_transform":  # <T, O, L, kStrided>
+    if kernel in ("row_transform", "row_transform_centre"):  # <T, O, L, kStrided>
         return Kernel(kernel, dtype, DTYPES[args[1]], args[2], args[3], "")
     if kernel == "column_transform":  # <T, O, L2, kEpi>
         return Kernel(kernel, dtype, DTYPES[args[1]], args[2], False, args[3])
-    if kernel in ("classifier_forward", "classifier_backward"):  # <T, L, kStrided>
-        return Kernel(kernel, dtype, "", args[1], args[2], "")
-    if kernel == "classifier_backward_rows":  # <T>
+    if kernel in ("classifier_forward", "classifier_backward"):  # <T, L, kStrided, kEtf>
+        return Kernel(kernel, dtype, "", args[1], args[2], "", args[3])
+    if kernel in ("classifier_backward_rows", "classifier_backward_rows_etf"):  # <T>
         return Kernel(kernel, dtype, "", None, False, "")
     if kernel == "classifier_chunk_scale":  # <A>
         return Kernel(kernel, dtype, "", None, False, "")
@@ -289,10 +292,10 @@ def build_rows(ptxas_log: str, ptx: str) -> list[Row]:
                 raise ValueError(f"{k.label}: __launch_bounds__ {t} != RowTile::THREADS {tile[0]}")
             dyn = tile[1]
         rows.append(Row(mangled, k, u, t, dyn, occupancy(t, u.registers, u.static_smem_bytes + dyn)))
-    order = {"row_transform": 0, "classifier_forward": 1, "classifier_backward": 2, "column_transform": 3,
-             "kn_transform": 4, "kn_quantize": 5, "kn_masks": 6}
+    order = {"row_transform": 0, "row_transform_centre": 0.5, "classifier_forward": 1, "classifier_backward": 2,
+             "column_transform": 3, "kn_transform": 4, "kn_quantize": 5, "kn_masks": 6}
     rows.sort(key=lambda r: (order.get(r.kernel.kernel, 4), list(DTYPES.values()).index(r.kernel.dtype),
-                             r.kernel.out, r.kernel.epilogue, r.kernel.strided, r.kernel.log2 or 0))
+                             r.kernel.out, r.kernel.epilogue, r.kernel.etf, r.kernel.strided, r.kernel.log2 or 0))
     return rows
 
 

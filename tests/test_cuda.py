@@ -298,6 +298,103 @@ def test_compile_fullgraph_forward_backward():
 
 
 # ---------------------------------------------------------------------------------------
+# The simplex ETF head (etf=True): W = f (I - 11^T / C) H_N[:C, :N], f = sqrt(C / ((C-1) N))
+
+# (N, C): N a power of two, 2 <= C <= N; every kind of tile, one pass and two (2^15 in
+# float64, 2^16 and up), C = 2, C = N, C within and across the two-pass chunks.
+ETF_CASES = [
+    (2, 2), (4, 3), (16, 16), (64, 37), (512, 10), (2048, 1000), (8192, 8192), (32768, 7), (65536, 1000),
+    (65536, 3 * 4096 + 5), (65536, 65536), (2**20, 2**19 + 7),
+]  # fmt: skip
+
+
+def etf_reference(x, c, scale, bias=None, normalize=True, eps=1e-12):
+    """``R.hadamard_classifier_reference(..., etf=True)`` without its dense N x N matrix
+    (checked against it in test_etf_reference_twin): scale * f * (t - mean(t)) + bias,
+    t = H_N[:C, :N] @ x_hat. Differentiable."""
+    n = x.shape[-1]
+    x_hat = torch.nn.functional.normalize(x, dim=-1, eps=eps) if normalize else x
+    t = R.hadamard_transform_reference(x_hat, c)
+    y = scale * (c / ((c - 1) * n)) ** 0.5 * (t - t.mean(-1, keepdim=True))
+    return y if bias is None else y + bias
+
+
+def test_etf_reference_twin():
+    x = torch.randn(3, 256, dtype=torch.float64, device=DEV)
+    b = torch.randn(100, dtype=torch.float64, device=DEV)
+    dense = R.hadamard_classifier_reference(x, 100, 0.7, b, etf=True)
+    assert rel_err(etf_reference(x, 100, 0.7, b), dense) <= 1e-12
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("case", ETF_CASES, ids=nc_id)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("normalize", [True, False], ids=["norm", "raw"])
+def test_classifier_etf_matches_reference_and_cpu(normalize, bias, case, dtype):
+    n, c = case
+    rows = rows_for(n, 37)
+    x = torch.randn(rows, n, dtype=dtype, device=DEV)
+    x[rows // 2] = 0  # a zero row: the bias
+    scale = scale_for(dtype)
+    b = torch.randn(c, dtype=dtype, device=DEV) if bias else None
+    poison_allocator(rows * c * x.element_size())
+    y = hk.hadamard_classifier(x, c, scale, b, normalize=normalize, etf=True, backend="cuda")
+    assert y.shape == (rows, c) and y.dtype == dtype and not y.isnan().any()
+    ref = etf_reference(x.double(), c, scale.double(), None if b is None else b.double(), normalize)
+    assert rel_err(y, ref) <= RTOL[dtype]
+    cpu = ops.classifier_forward(x.cpu(), scale.cpu(), None if b is None else b.cpu(), c, normalize, 1e-12, True)
+    assert rel_err(y.cpu(), cpu) <= 2 * RTOL[dtype]  # both within RTOL of the reference
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("case", ETF_CASES, ids=nc_id)
+@pytest.mark.parametrize("normalize", [True, False], ids=["norm", "raw"])
+def test_classifier_etf_grad_matches_reference_and_cpu(normalize, case, dtype):
+    n, c = case
+    rows = rows_for(n, 9)
+    x = make_input((rows, n), dtype, "sliced", DEV).requires_grad_()
+    scale = scale_for(dtype).requires_grad_()
+    b = torch.randn(c, dtype=dtype, device=DEV, requires_grad=True)
+    g = torch.randn(rows, c, dtype=dtype, device=DEV)
+    poison_allocator(rows * n * 8)
+    y = hk.hadamard_classifier(x, c, scale, b, normalize=normalize, etf=True, backend="cuda")
+    grads = torch.autograd.grad(y, (x, scale, b), g)
+    leaves = [t.detach().double().requires_grad_() for t in (x, scale, b)]
+    refs = torch.autograd.grad(etf_reference(leaves[0], c, leaves[1], leaves[2], normalize), leaves, g.double())
+    for got, ref, leaf in zip(grads, refs, (x, scale, b)):
+        assert got.shape == leaf.shape and got.dtype == leaf.dtype
+        assert not got.isnan().any()
+        assert rel_err(got, ref) <= RTOL[dtype]
+    cpu = ops.classifier_backward(g.cpu(), x.detach().cpu(), scale.detach().cpu(), normalize, 1e-12, True)
+    got = ops.classifier_backward(g, x.detach(), scale.detach(), normalize, 1e-12, True)
+    for a, w in zip(got, cpu):
+        assert rel_err(a.cpu(), w) <= 2 * RTOL[dtype]
+
+
+@pytest.mark.parametrize("case", [(8, 3), (16, 16), (64, 2)], ids=nc_id)
+@pytest.mark.parametrize("normalize", [True, False], ids=["norm", "raw"])
+def test_classifier_etf_gradcheck_and_opcheck(normalize, case):
+    n, c = case
+    x = torch.randn(3, n, dtype=torch.float64, device=DEV, requires_grad=True)
+    scale = torch.tensor(0.7, dtype=torch.float64, device=DEV, requires_grad=True)
+    b = torch.randn(c, dtype=torch.float64, device=DEV, requires_grad=True)
+    fn = lambda x, s, b: hk.hadamard_classifier(x, c, s, b, normalize=normalize, etf=True, backend="cuda")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, scale, b))
+    torch.library.opcheck(ops.classifier_forward, (x.float(), scale.float(), b.float(), c, normalize, 1e-12, True))
+    g = torch.randn(3, c, device=DEV)
+    torch.library.opcheck(ops.classifier_backward, (g, x.detach().float(), scale.detach().float(), normalize, 1e-12,
+                                                    True))  # fmt: skip
+
+
+def test_classifier_etf_errors_on_cuda():
+    x = torch.randn(2, 12, device=DEV)
+    with pytest.raises(ValueError, match="simplex ETF"):
+        ops.classifier_forward(x, torch.tensor(1.0, device=DEV), None, 4, True, 1e-12, True)  # N = 12
+    with pytest.raises(ValueError, match="simplex ETF"):
+        hk.hadamard_classifier(x[:, :8], 9, 1.0, etf=True, backend="cuda")  # C > N
+
+
+# ---------------------------------------------------------------------------------------
 # Bad input reaches the CUDA op with the same errors as on CPU
 
 

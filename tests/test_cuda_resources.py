@@ -16,7 +16,7 @@ ROW_BF16_F32 = "_ZN16hadamard_kernels4cuda20row_transform_kernelI13__nv_bfloat16
 ROW_BF16 = "_ZN16hadamard_kernels4cuda20row_transform_kernelI13__nv_bfloat16S2_Li3ELb0EEEvNS0_7RowArgsIT_T0_EE"
 COLUMN_HALF = ("_ZN16hadamard_kernels4cuda23column_transform_kernelI6__halfS2_Li6ELNS0_14ColumnEpilogueE1EEEv"
                "NS0_10ColumnArgsIT_T0_EE")
-FORWARD_F32 = "_ZN16hadamard_kernels4cuda25classifier_forward_kernelIfLi15ELb0EEEvNS0_21ClassifierForwardArgsIT_EE"
+FORWARD_F32 = "_ZN16hadamard_kernels4cuda25classifier_forward_kernelIfLi15ELb0ELb0EEEvNS0_21ClassifierForwardArgsIT_EE"
 ROWS_F64 = "_ZN16hadamard_kernels4cuda31classifier_backward_rows_kernelIdEEvNS0_15BackwardRowArgsIT_EE"
 QUANTIZE_BF16 = "_ZN16hadamard_kernels4cuda18kn_quantize_kernelI13__nv_bfloat16Li13EEEvNS0_6KnArgsIT_EENS0_9QuantArgsE"
 
@@ -58,14 +58,20 @@ def test_describe_reads_template_arguments():
     assert (k.kernel, k.dtype, k.out, k.log2, k.strided) == ("row_transform", "bfloat16", "float32", 11, True)
     k = cr.describe(ROW_BF16)  # S2_: the substitution for the first argument's type
     assert (k.dtype, k.out, k.log2, k.path) == ("bfloat16", "bfloat16", 3, "contiguous")
+    k = cr.describe(ROW_BF16_F32.replace("20row_transform_kernel", "27row_transform_centre_kernel"))
+    assert k.label == "row_transform_centre<bfloat16, out=float32, L=11, strided>"
     k = cr.describe(COLUMN_HALF)
     assert (k.kernel, k.dtype, k.out, k.log2, k.epilogue) == ("column_transform", "float16", "float16", 6, "classifier")
     assert k.label == "column_transform<float16, L2=6, classifier>"
     k = cr.describe(FORWARD_F32)
-    assert k.label == "classifier_forward<float32, L=15, contiguous>"
+    assert k.label == "classifier_forward<float32, L=15, contiguous>" and not k.etf
+    k = cr.describe(FORWARD_F32.replace("Lb0ELb0E", "Lb1ELb1E"))  # kStrided, kEtf
+    assert (k.strided, k.etf, k.label) == (True, True, "classifier_forward<float32, L=15, strided, etf>")
     assert cr.describe(ROWS_F64).label == "classifier_backward_rows<float64>"
     k = cr.describe(QUANTIZE_BF16)  # the rotate-and-quantise kernel: <T, L>, as kn_transform
     assert (k.kernel, k.dtype, k.log2, k.label) == ("kn_quantize", "bfloat16", 13, "kn_quantize<bfloat16, L=13>")
+    rows_etf = ROWS_F64.replace("31classifier_backward_rows_kernel", "35classifier_backward_rows_etf_kernel")
+    assert cr.describe(rows_etf).label == "classifier_backward_rows_etf<float64>"
     with pytest.raises(ValueError, match="not a hadamard_kernels"):
         cr.describe("_Z3fooPf")
 
@@ -109,8 +115,8 @@ def _row(mangled, registers, spill=0, threads=256):
 
 
 def test_gate():
-    strided = "_ZN16hadamard_kernels4cuda26classifier_backward_kernelIfLi14ELb1EEEvNS0_22ClassifierBackwardArgsIT_EE"
-    contiguous = "_ZN16hadamard_kernels4cuda26classifier_backward_kernelIfLi14ELb0EEEvNS0_22ClassifierBackwardArgsIT_EE"
+    strided = "_ZN16hadamard_kernels4cuda26classifier_backward_kernelIfLi14ELb1ELb0EEEvNS0_22ClassifierBackwardArgsIT_EE"
+    contiguous = "_ZN16hadamard_kernels4cuda26classifier_backward_kernelIfLi14ELb0ELb0EEEvNS0_22ClassifierBackwardArgsIT_EE"
     assert cr.gate([_row(contiguous, 128), _row(strided, 168)]) == []  # strided: occupancy not gated
     failures = cr.gate([_row(contiguous, 129)])
     assert len(failures) == 1 and "occupancy 12.5% < 25%" in failures[0]

@@ -350,6 +350,19 @@ MUTATIONS = {
          "if (!hk_sim::mutant(10)) __syncthreads();"),
     11: ("quantize.cuh", "      for (int u = l; u < units; u += sw) {",
          "      for (int u = l; u < units + hk_sim::mutant(11); u += sw) {"),
+    # The classifier's simplex ETF head (tests/test_cuda_sim_etf.py runs these).
+    12: ("classifier.cuh", "    if constexpr (kEtf) mean = tile_mean(tile, p.c, p.inv_c, red);",
+         "    if constexpr (kEtf) mean = hk_sim::mutant(12) ? A(0) : tile_mean(tile, p.c, p.inv_c, red);"),
+    13: ("classifier.cuh", "  return sum * inv_c;",
+         "  return hk_sim::mutant(13) ? sum / static_cast<A>(c + 1) : sum * inv_c;"),
+    14: ("classifier.cuh", "      if (Tile::q_load_offset(v) * Tile::KV + k < rel) tile.a[v][k] -= mean;",
+         "      if (Tile::q_load_offset(v) * Tile::KV + k < rel + hk_sim::mutant(14)) tile.a[v][k] -= mean;"),
+    15: ("fwht.cuh", "sum_below(Tile::clamp_limit(p.centre_cols, 0));",
+         "sum_below(Tile::clamp_limit(p.centre_cols + hk_sim::mutant(15), 0));"),
+    16: ("classifier.cuh", "static_cast<A>(hadamard_prefix_sum(p.etf_c, i))",
+         "static_cast<A>(hadamard_prefix_sum(p.etf_c + hk_sim::mutant(16), i))"),
+    17: ("classifier.cuh", "p.contrib[r] = kEtf ? co.contrib * p.factor : co.contrib;",
+         "p.contrib[r] = kEtf && !hk_sim::mutant(17) ? co.contrib * p.factor : co.contrib;"),
 }  # fmt: skip
 
 #: Mutant -> (what it breaks, a case that must be rejected).

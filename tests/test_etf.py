@@ -316,17 +316,3 @@ def test_module_state_dict_round_trip(learn_scale):
     fresh.load_state_dict(head.state_dict())
     assert torch.equal(fresh(x), head(x))
     assert set(head.state_dict()) == {"scale", "bias"}
-
-
-def test_backends_without_an_etf_kernel_are_not_chosen(monkeypatch):
-    # The CUDA classifier kernels do not implement etf yet: where "cuda" leads the available
-    # backends (a GPU), "auto" must take the next one, and naming it must say why not.
-    monkeypatch.setitem(hk_ops._AVAILABLE, torch.device("cpu"), ("cuda", "cpu", "reference"))
-    monkeypatch.setattr(hk_ops, "_FAST_OPS", {})
-    x = torch.randn(3, 16)
-    y = hk.hadamard_classifier(x, 4, 2.0, etf=True)
-    assert rel_err(y, etf_formula(x, 4, 2.0)) <= RTOL[torch.float32]
-    assert (hk_ops._ETF_KEY, "auto", torch.device("cpu")) in hk_ops._FAST_OPS
-    assert ("hadamard_classifier", "auto", torch.device("cpu")) not in hk_ops._FAST_OPS
-    with pytest.raises(RuntimeError, match="backend 'cuda' is not available for the simplex ETF head on a tensor"):
-        hk.hadamard_classifier(x, 4, 2.0, etf=True, backend="cuda")

@@ -240,6 +240,19 @@ __device__ __forceinline__ int64_t opaque(int64_t x) {
 #endif
   return x;
 }
+// The same for an accumulator: values derived from it (1 / eps) are not hoisted either.
+__device__ __forceinline__ float opaque(float x) {
+#ifdef __CUDA_ARCH__
+  asm volatile("" : "+f"(x));
+#endif
+  return x;
+}
+__device__ __forceinline__ double opaque(double x) {
+#ifdef __CUDA_ARCH__
+  asm volatile("" : "+d"(x));
+#endif
+  return x;
+}
 
 // ------------------------------------------------------------------------------------------
 // Vector memory access: N consecutive T as one 2/4/8/16-byte load or store.
@@ -527,7 +540,14 @@ struct RowTile {
   template <bool kStrided>
   __device__ __forceinline__ void load_final(const T* row, int64_t col_stride, int lim, bool vec, int v,
                                              A (&dst)[KV]) const {
-    const int c_thread = q_final_thread() * KV;
+    load_final_at<kStrided>(row, col_stride, lim, vec, v, dst, q_final_thread() * KV);
+  }
+
+  // load_final with c_thread = q_final_thread() * KV from the caller (which may pass it through
+  // opaque: the classifier's ETF backward).
+  template <bool kStrided>
+  __device__ __forceinline__ void load_final_at(const T* row, int64_t col_stride, int lim, bool vec, int v,
+                                                A (&dst)[KV], int c_thread) const {
     const int c = q_final_offset(v) * KV;  // compile-time: an immediate offset from base
     if constexpr (kStrided) {
       const int64_t cs = opaque(col_stride);
@@ -658,6 +678,28 @@ struct RowTile {
     }
   }
 
+  // lim (from clamp_limit) relative to this thread's first column of the final layout
+  // (kFinal: after transform) or of the load layout, through opaque: each entry's test against
+  // it has a compile-time column, and nothing per entry is hoisted out of the caller's row loop
+  // (the classifier's ETF kernels spilled such hoisted bounds).
+  template <bool kFinal>
+  __device__ __forceinline__ int relative_limit(int lim) const {
+    return static_cast<int>(opaque(int64_t{lim - (kFinal ? q_final_thread() : q_load_thread()) * KV}));
+  }
+
+  // This thread's sum of its entries at columns < lim (lim from clamp_limit) of the final
+  // layout (the classifier's ETF head).
+  __device__ __forceinline__ A sum_below(int lim) const {
+    const int rel = relative_limit<true>(lim);
+    A s = 0;
+#pragma unroll
+    for (int v = 0; v < V; ++v)
+#pragma unroll
+      for (int k = 0; k < KV; ++k)
+        if (q_final_offset(v) * KV + k < rel) s += a[v][k];
+    return s;
+  }
+
   // The classifier's rescale (see norm_safe_low) of the loaded row or chunk: on return ss is
   // the row's sum of squares of x' = 2^k x, identical in every thread of the row, and the
   // registers hold x'. Returns k (0 on the fast path). Every thread of the block must call it
@@ -740,11 +782,17 @@ struct RowArgs {
   bool vec_store;
   acc_of<T> scale;
   acc_of<T>* sumsq;        // pass 1 of the classifier: per tile (sum of squares of 2^k x, k), else null
+  // Pass 1 of the classifier's ETF head: per tile (the sum of its M outputs, the sum of those at
+  // columns < centre_cols), from which classifier_chunk_scale_kernel forms the row's mean; else null.
+  acc_of<T>* centre;
+  int64_t centre_cols;
 };
 
-template <typename T, typename O, int L, bool kStrided>
-__global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrided>(RowTile<T, L>::THREADS))
-    row_transform_kernel(const RowArgs<T, O> p) {
+// The row kernels' body. kCentre: pass 1 of the classifier's ETF head (p.centre), in its own
+// kernel so that the plain transform's code stays as it was (the reduction under a runtime
+// branch raised its registers, 80 -> 96 for float32 L = 11, occupancy 37.5% -> 25%).
+template <typename T, typename O, int L, bool kStrided, bool kCentre>
+__device__ __forceinline__ void row_transform_rows(const RowArgs<T, O>& p) {
   using Tile = RowTile<T, L>;
   using A = acc_of<T>;
   HK_DYNAMIC_SHARED(unsigned char, smem_raw);
@@ -773,6 +821,15 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrid
       tile.template load<false, kStrided>(xr, p.x_col_stride, col0, p.in_features, p.vec_load, valid);
     }
     tile.transform(smem);
+    if constexpr (kCentre) {
+      A below = tile.sum_below(Tile::clamp_limit(p.centre_cols, 0));
+      A all = tile.sum_below(Tile::M);
+      tile.row_sum2(below, all, red);
+      if (valid && tile.t == 0) {
+        p.centre[2 * r] = all;
+        p.centre[2 * r + 1] = below;
+      }
+    }
     if (valid) {
       const A s = p.scale;
       tile.store(p.out + r * p.out_row_stride, p.out_features, p.vec_store,
@@ -780,6 +837,19 @@ __global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrid
     }
     if constexpr (Tile::W > 1) __syncthreads();
   }
+}
+
+template <typename T, typename O, int L, bool kStrided>
+__global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrided>(RowTile<T, L>::THREADS))
+    row_transform_kernel(const RowArgs<T, O> p) {
+  row_transform_rows<T, O, L, kStrided, false>(p);
+}
+
+// Pass 1 of the classifier's ETF head: the row kernel, and per tile the sums of p.centre.
+template <typename T, typename O, int L, bool kStrided>
+__global__ void __launch_bounds__(RowTile<T, L>::THREADS, tile_min_blocks<kStrided>(RowTile<T, L>::THREADS))
+    row_transform_centre_kernel(const RowArgs<T, O> p) {
+  row_transform_rows<T, O, L, kStrided, true>(p);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -800,12 +870,14 @@ struct ColumnArgs {
   int64_t m1;              // chunk size (a power of two >= 2^11)
   int64_t out_features;    // columns written
   int64_t out_row_stride;
-  acc_of<T> scale;         // kScale
-  // kClassifier: y = alpha / max(||x||, eps) * h + bias; ws holds 2^K x transformed, sumsq the
-  // row's (||2^K x||^2, K) (classifier.cuh: classifier_chunk_scale_kernel).
+  acc_of<T> scale;         // multiplies every output (kClassifier: alpha's factor)
+  // kClassifier: y = scale * alpha / max(||x||, eps) * (h - mean) + bias; ws holds 2^K x
+  // transformed, sumsq the row's (||2^K x||^2, K), mean the row's mean of its C outputs at
+  // that scale (the ETF head) (classifier.cuh: classifier_chunk_scale_kernel).
   const acc_of<T>* alpha;  // device scalar
   const T* bias;           // or null
   const acc_of<T>* sumsq;  // [rows, 2]: (sum of squares of 2^K x, K)
+  const acc_of<T>* mean;   // [rows], or null (no centring)
   bool normalize;
   acc_of<T> eps;
   bool vec_store;          // set by launch_column_kernel: CPT-entry vector stores
@@ -860,11 +932,13 @@ __global__ void __launch_bounds__(kColumnThreads, (column_min_blocks<acc_of<T>, 
     const int j = valid ? static_cast<int>(g - row * per_row) * CPT : 0;
     // The row's coefficient first, while the registers of a are free.
     A coef = p.scale;
+    A mean = 0;
     if constexpr (kEpi == ColumnEpilogue::kClassifier) {
-      coef = *p.alpha;
+      coef = *p.alpha * p.scale;
       if (p.normalize) {
         coef = classifier_coefficient(coef, p.sumsq[2 * row], static_cast<int>(p.sumsq[2 * row + 1]), p.eps);
       }
+      if (p.mean != nullptr) mean = p.mean[row];
     }
     const A* src = p.ws + row * (int64_t{m1} * H) + int64_t{h0} * m1 + j;
     A a[HT][CPT];
@@ -902,9 +976,12 @@ __global__ void __launch_bounds__(kColumnThreads, (column_min_blocks<acc_of<T>, 
     if (!valid) continue;
     O* dst = p.out + row * p.out_row_stride + int64_t{h0} * m1 + j;
     auto value = [&](int h, int c) {
-      A y = coef * a[h][c];
+      A y;
       if constexpr (kEpi == ColumnEpilogue::kClassifier) {
+        y = coef * (a[h][c] - mean);  // exactly coef * a[h][c] where mean = 0
         if (p.bias != nullptr) y += Num<T>::load(p.bias[(h0 + h) * m1 + j + c]);
+      } else {
+        y = coef * a[h][c];
       }
       return Num<O>::store(y);
     };
@@ -962,11 +1039,17 @@ inline unsigned grid_for(int64_t blocks) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(blocks, INT_MAX)));
 }
 
-// Launches the row kernel for tile L on args p.
-template <typename T, typename O, int L, bool kStrided>
+// Launches the row kernel for tile L on args p (kCentre: row_transform_centre_kernel).
+template <typename T, typename O, int L, bool kStrided, bool kCentre = false>
 inline cudaError_t launch_row_kernel(const RowArgs<T, O>& p, cudaStream_t stream) {
   using Tile = RowTile<T, L>;
-  auto kernel = row_transform_kernel<T, O, L, kStrided>;
+  auto kernel = [] {
+    if constexpr (kCentre) {
+      return row_transform_centre_kernel<T, O, L, kStrided>;
+    } else {
+      return row_transform_kernel<T, O, L, kStrided>;
+    }
+  }();
   static unsigned long long smem_done = 0;
   cudaError_t err = allow_smem(kernel, Tile::kSmemBytes, smem_done);
   if (err != cudaSuccess) return err;
@@ -1006,10 +1089,12 @@ inline size_t transform_workspace_bytes(const TransformParams& p) {
 
 // Pass 1 over chunks of 2^L1: x (with p's strides and in_features) -> ws, unscaled; if sumsq
 // is not null, the classifier's: chunks rescaled by 2^k where needed, and (sum of squares, k)
-// of each chunk written to sumsq (see classifier_chunk_scale_kernel).
+// of each chunk written to sumsq (see classifier_chunk_scale_kernel); if centre is not null,
+// the ETF head's sums of each chunk's outputs (all, and those at columns < centre_cols).
 template <typename T>
 inline cudaError_t launch_pass1(const T* x, const TransformParams& p, int L1, acc_of<T>* ws,
-                                acc_of<T>* sumsq, cudaStream_t stream) {
+                                acc_of<T>* sumsq, cudaStream_t stream, acc_of<T>* centre = nullptr,
+                                int64_t centre_cols = 0) {
   using A = acc_of<T>;
   const int L = ilog2(p.m);
   return dispatch_log2<11, max_single_pass_log2<T>()>(L1, [&](auto lc) {
@@ -1029,6 +1114,12 @@ inline cudaError_t launch_pass1(const T* x, const TransformParams& p, int L1, ac
     a.vec_store = aligned_to(ws, 16);
     a.scale = A(1);
     a.sumsq = sumsq;
+    a.centre = centre;
+    a.centre_cols = centre_cols;
+    if (centre != nullptr) {
+      return p.x_col_stride == 1 ? launch_row_kernel<T, A, kL1, false, true>(a, stream)
+                                 : launch_row_kernel<T, A, kL1, true, true>(a, stream);
+    }
     return p.x_col_stride == 1 ? launch_row_kernel<T, A, kL1, false>(a, stream)
                                : launch_row_kernel<T, A, kL1, true>(a, stream);
   });

@@ -93,7 +93,6 @@ at::Tensor classifier_forward_cuda(const at::Tensor& x, const at::Tensor& scale,
                                    double eps, bool etf) {
   constexpr const char* op = "hadamard_kernels::classifier_forward";
   check_classifier_args(x, scale, num_classes, eps, etf, op);
-  TORCH_CHECK_NOT_IMPLEMENTED(!etf, op, ": the simplex ETF head has no CUDA kernel yet");
   const at::Tensor bias_c = checked_bias(bias, x, num_classes, op);
   const c10::cuda::CUDAGuard device_guard(x.device());
   at::Tensor y = at::empty(with_last_dim(x, num_classes), x.options());
@@ -119,7 +118,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classifier_backward_cuda(const at
                                                                         double eps, bool etf) {
   constexpr const char* op = "hadamard_kernels::classifier_backward";
   check_backward_args(grad_y, x, scale, eps, etf, op);
-  TORCH_CHECK_NOT_IMPLEMENTED(!etf, op, ": the simplex ETF head has no CUDA kernel yet");
   const c10::cuda::CUDAGuard device_guard(x.device());
   const at::ScalarType acc_type = at::toOpMathType(x.scalar_type());
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));

@@ -182,20 +182,23 @@ def run(
     scale: float = 1.0,
     normalize: bool = True,
     eps: float = 1e-12,
+    etf: bool = False,
     runner: Path | None = None,
     env: dict[str, str] | None = None,
 ) -> Result:
     """Run launcher ``op`` ("transform", "forward", "backward") on the harness.
 
     transform: out = scale * H_M[:n_out, :n_in] @ x[r] (n_in = in_features, n_out = out);
-    forward / backward: the classifier with N = n_in, C = n_out, g = grad_y (rows, C)."""
+    forward / backward: the classifier with N = n_in, C = n_out, g = grad_y (rows, C);
+    etf: its simplex ETF head."""
     dtype = x.storage.dtype
     name, _, acc = DTYPES[dtype]
     runner = runner or build()
     with tempfile.TemporaryDirectory(prefix="cuda_sim-") as tmp:
         d = Path(tmp)
         kv = {"op": op, "dtype": name, "rows": rows, "in": n_in, "out": n_out, "scale": repr(float(scale)),
-              "normalize": int(normalize), "eps": repr(float(eps)), "schedules": " ".join(schedules)}  # fmt: skip
+              "normalize": int(normalize), "eps": repr(float(eps)), "etf": int(etf),
+              "schedules": " ".join(schedules)}  # fmt: skip
 
         def put(key: str, t: torch.Tensor, offset: int = 0) -> None:
             _put(d, kv, key, t, offset)

@@ -30,6 +30,7 @@ static hadamard_kernels::ClassifierParams classifier_params(const Request& r, bo
   cp.t.scale = 1.0;
   cp.normalize = r.normalize;
   cp.eps = r.eps;
+  cp.etf = r.etf;
   return cp;
 }
 

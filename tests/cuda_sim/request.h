@@ -34,6 +34,7 @@ struct Request {
   bool inplace = false;
   bool normalize = true;
   double eps = 1e-12;
+  bool etf = false;  // classifier: the simplex ETF head
   // Outputs: out (transform: rows x out; forward: rows x C; backward: grad_x rows x N;
   // quantize: the codes, rows x n bytes), contrib (backward: rows accumulators), scales
   // (quantize: rows x n / group float32), workspace (ws_bytes, sized by the launcher's rule).

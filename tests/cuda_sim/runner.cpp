@@ -124,6 +124,7 @@ int main(int argc, char** argv) {
   r.scale = std::stod(get("scale"));
   r.normalize = get("normalize") == "1";
   r.eps = std::stod(get("eps"));
+  r.etf = kv.count("etf") && kv.at("etf") == "1";
   if (r.op == "backward") {
     r.g = device_input(kv, dir, "g", elem);
     r.g_row_stride = std::stoll(get("g_row_stride"));

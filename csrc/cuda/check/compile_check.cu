@@ -38,9 +38,10 @@ HADAMARD_KERNELS_INSTANTIATE(__nv_bfloat16)
 #undef HADAMARD_KERNELS_INSTANTIATE
 
 // Tile manifest: {L, threads, dynamic shared bytes} of RowTile<T, L> for every single-pass L,
-// the launch configuration of row_transform_kernel, classifier_forward_kernel and
-// classifier_backward_kernel. The PTX holds it as the byte initialiser of these __device__
-// variables (hk_tiles_f32, _f64, _f16, _bf16), so the script reads the launchers' own constants.
+// the launch configuration of row_transform_kernel, row_transform_centre_kernel,
+// classifier_forward_kernel and classifier_backward_kernel. The PTX holds it as the byte
+// initialiser of these __device__ variables (hk_tiles_f32, _f64, _f16, _bf16), so the script
+// reads the launchers' own constants.
 template <int N>
 struct TileManifest {
   int row[N][3];
