@@ -6,13 +6,37 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <cstdint>
+#include <mutex>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "cpu/orders.h"
 
 namespace hadamard_kernels {
+
+// cpu::find_order12_map of h (12 x 12, +-1) into map, searched once per distinct matrix (a
+// search costs tens of microseconds; the library passes four matrices: two families, each
+// also transposed; the first 64 are kept). False when h has no map.
+template <typename acc_t>
+bool order12_map(const std::vector<acc_t>& h, cpu::Order12Map<acc_t>& map) {
+  using Key = std::array<uint64_t, 3>;  // bit i: entry i is -1
+  static std::mutex mutex;
+  static std::vector<std::pair<Key, std::optional<cpu::Order12Map<acc_t>>>> cache;
+  Key key{};
+  for (size_t i = 0; i < h.size(); ++i) key[i / 64] |= static_cast<uint64_t>(h[i] < acc_t(0)) << (i % 64);
+  const std::lock_guard<std::mutex> lock(mutex);
+  for (const auto& [k, found] : cache)
+    if (k == key) {
+      if (found.has_value()) map = *found;
+      return found.has_value();
+    }
+  const bool found = cpu::find_order12_map(h.data(), map);
+  if (cache.size() < 64) cache.emplace_back(key, found ? std::optional(map) : std::nullopt);
+  return found;
+}
 
 template <typename acc_t>
 class KnSetup {
@@ -22,7 +46,8 @@ class KnSetup {
       : h_(hk.has_value() ? read_hk(*hk, op) : std::vector<acc_t>()),
         pre_(read_signs(pre_signs, 1.0)),
         post_(read_signs(post_signs, scale)) {
-    if (!h_.empty() && K % cpu::kKnGroup == 0) {
+    has_order12_ = K == cpu::kOrder12 && !h_.empty() && order12_map(h_, order12_);
+    if (!h_.empty() && K % cpu::kKnGroup == 0) {  // rows that the order-12 product does not take
       offsets_.resize(static_cast<size_t>(K * (K / cpu::kKnGroup)));
       cpu::kn_offsets(h_.data(), K, offsets_.data());
     }
@@ -33,7 +58,8 @@ class KnSetup {
                                   n,
                                   pre_.empty() ? nullptr : pre_.data(),
                                   post_.empty() ? nullptr : post_.data(),
-                                  static_cast<acc_t>(scale)};
+                                  static_cast<acc_t>(scale),
+                                  has_order12_ ? &order12_ : nullptr};
   }
   KnSetup(const KnSetup&) = delete;
   KnSetup& operator=(const KnSetup&) = delete;
@@ -71,6 +97,8 @@ class KnSetup {
   std::vector<acc_t> pre_;
   std::vector<acc_t> post_;
   std::vector<uint32_t> offsets_;  // the four-Russians product's table (csrc/cpu/orders.h)
+  cpu::Order12Map<acc_t> order12_{};  // K = 12: H_K as a signed permutation of W (csrc/cpu/order12.h)
+  bool has_order12_ = false;
   cpu::KnRowArgs<acc_t> args_{};
 };
 

@@ -182,6 +182,40 @@ def test_op_k_point_products_match_dense(n, K, p, dtype):
         assert rel_err(y, dense_kn(x, K, p, 0.7, pre=a, post=b)) <= RTOL[dtype]
 
 
+# K = 12 takes the product of a Williamson-type matrix W equivalent to H_12 (csrc/cpu/order12.h:
+# H = signed permutations of W, found by a search and folded into the chunks). Any Hadamard
+# matrix of order 12 has such a map, found anew for each matrix; a +-1 matrix that is not
+# Hadamard has none and takes the four-Russians product.
+def _signed_equivalent(h: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    k = h.shape[0]
+    rows, cols = torch.randperm(k, generator=g), torch.randperm(k, generator=g)
+    d1, d2 = (torch.randint(0, 2, (k, 1), generator=g) * 2 - 1 for _ in range(2))
+    return (d1 * h[rows][:, cols] * d2.T).to(torch.int8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("p", [8, 16, 64], ids=lambda p: f"p{p}")
+@pytest.mark.parametrize("seed", range(4))
+def test_op_order12_equivalents_match_dense(seed, p, dtype):
+    family = ("rotation", "fht")[seed % 2]
+    h = _signed_equivalent(orders.hadamard_k(12, torch.int64, family=family), seed)
+    x = torch.randn(3, 12 * p, dtype=dtype)
+    pre, post = hk.random_signs(12 * p, seed=6, dtype=dtype), hk.random_signs(12 * p, seed=7, dtype=dtype)
+    for a, b in ((None, None), (pre, None), (None, post)):
+        y = ops.hadamard_transform_kn(x, h, p, 0.7, a, b)
+        want = 0.7 * (x.double() * (1 if a is None else a.double())) @ torch.kron(h.double(), R.hadamard_matrix(p)).T
+        assert rel_err(y, want * (1 if b is None else b.double())) <= RTOL[dtype]
+
+
+def test_op_order12_non_hadamard_matrix_takes_the_general_product():
+    h = orders.hadamard_k(12, torch.int8).clone()
+    h[3, 5] = -h[3, 5]  # still +-1, no longer Hadamard: no Williamson map exists
+    x = torch.randn(2, 12 * 64, dtype=torch.float64)
+    y = ops.hadamard_transform_kn(x, h, 64, 1.0, None, None)
+    assert rel_err(y, x @ torch.kron(h.double(), R.hadamard_matrix(64)).T) <= RTOL[torch.float64]
+
+
 def test_op_general_diagonals():
     # The op takes any diagonal, not only +-1 (the public API passes signs).
     x = torch.randn(2, 24, dtype=torch.float64)

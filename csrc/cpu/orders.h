@@ -13,12 +13,14 @@
 // Russians" one: per vector of columns, the 16 signed sums +-v[4j] +-v[4j+1] +-v[4j+2]
 // +-v[4j+3] of every group j of 4 chunks are formed once (kn_combos), and each output chunk
 // a adds one of them per group, picked by the sign pattern of H_K[a, 4j:4j+4] (kn_patterns):
-// K/4 additions per output instead of K multiply-adds. K = 12 (kKnDense) is faster in
-// registers: per vector of columns the 12 chunks' vectors are read once and multiplied into
-// 12 accumulators (kn_dense_columns), with no table to store and read back (measured with
-// a thread-time microbenchmark, 12 x 1024 floats: 15-20% less time than four Russians; the
-// accumulators and the vector in flight fill 13 of AVX2's 16 registers). Other K, and chunks
-// shorter than a vector, take the plain product (k_point_tile).
+// K/4 additions per output instead of K multiply-adds. K = 12 with a Hadamard H_12 on whole
+// rows (kn_order12_row, csrc/cpu/order12.h) takes the product of a Williamson-type matrix
+// equivalent to it, about 60 additions per column of 12 values in registers, with H_12's
+// permutations and signs folded into the chunk pointers and scales; and it takes it first,
+// reading x, so that the chunk transforms write the output sequentially (the product's 12
+// output streams 4 KB apart cost as much as the whole transform: measured, 12 x 1024
+// floats, 1.66x the time of the 2^13 transform with the product last, 1.3x with it first).
+// Other K, and chunks shorter than a vector, take the plain product (k_point_tile).
 //
 // Pure C++ (no torch): the caller converts H_K and the diagonals to the accumulator type.
 #pragma once
@@ -28,6 +30,7 @@
 #include <type_traits>
 
 #include "cpu/butterfly.h"
+#include "cpu/order12.h"
 
 namespace hadamard_kernels {
 namespace cpu {
@@ -48,6 +51,7 @@ struct KnRowArgs {
   const T* pre;       // n factors applied to x before the transform, or null (all ones)
   const T* post;      // n factors applied to the result (scale already multiplied in), or null
   T scale;            // multiplies every output when post is null
+  const Order12Map<T>* order12 = nullptr;  // K = 12: H_K as a signed permutation of W, or null
 };
 
 // acc[r][:len] = sum_{a' < used} h[(a + r) K + a'] buf[a' stride + b0 : ... + len] for r < rows.
@@ -148,38 +152,6 @@ inline void kn_gather(const typename Vec<T>::type* __restrict combos, const uint
     }
 }
 
-// The order whose K-point product is computed in registers (kn_dense_columns).
-constexpr int64_t kKnDense = 12;
-
-// out[a p + b0 .. + W) = post-or-scale * sum_j h[a K + j] buf[j stride + b0 ..] for a < K, over
-// the whole vectors b0 = 0, W, ..., p - W (K = kKnDense; every chunk holds data: n = K p).
-template <typename T, typename out_t>
-inline void kn_dense_columns(const T* __restrict buf, int64_t stride, const KnRowArgs<T>& args, out_t* out) {
-  using V = typename Vec<T>::type;
-  constexpr int64_t K = kKnDense;
-  constexpr int64_t W = Vec<T>::kLanes;
-  const T* h = args.h;
-  for (int64_t b = 0; b < args.p; b += W) {
-    V acc[K];
-    const V v0 = Vec<T>::load(buf + b);
-    for (int64_t a = 0; a < K; ++a) acc[a] = h[a * K] * v0;
-    for (int64_t j = 1; j < K; ++j) {
-      const V v = Vec<T>::load(buf + j * stride + b);
-      for (int64_t a = 0; a < K; ++a) acc[a] += h[a * K + j] * v;
-    }
-    for (int64_t a = 0; a < K; ++a) {
-      const int64_t base = a * args.p + b;
-      const V f = args.post != nullptr ? Vec<T>::load(args.post + base) : args.scale + V{};
-      if constexpr (std::is_same_v<out_t, T>) {
-        Vec<T>::store(out + base, acc[a] * f);
-      } else {
-        const V r = acc[a] * f;
-        for (int64_t l = 0; l < W; ++l) out[base + l] = static_cast<out_t>(r[l]);
-      }
-    }
-  }
-}
-
 // buf: kVecBytes-aligned scratch of kn_buffer_size<T>(K, p, offsets != null) values. x: the
 // row, entries x[i * xs];
 // out: n contiguous outputs of type out_t (x's type unless asked; may equal x when xs == 1:
@@ -199,14 +171,18 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
       return;
     }
   }
-  const int64_t used = (n + p - 1) / p;  // chunks holding any of the n entries
   using V = typename Vec<T>::type;
   constexpr int64_t W = Vec<T>::kLanes;
+  const int64_t stride = kn_chunk_stride<T>(p);
+  if (args.order12 != nullptr && n == args.K * p && p % W == 0) {  // K = 12, whole rows (order12.h)
+    kn_order12_row(x, xs, out, buf, stride, *args.order12, p, args.pre, args.post, args.scale);
+    return;
+  }
+  const int64_t used = (n + p - 1) / p;  // chunks holding any of the n entries
   const bool russians = args.offsets != nullptr && p % kKnLine<T> == 0;
   // The four-Russians product reads whole groups of 4 chunks: zeros up to the last group.
   const int64_t groups = (used + kKnGroup - 1) / kKnGroup;
   const int64_t chunks = russians ? groups * kKnGroup : used;
-  const int64_t stride = kn_chunk_stride<T>(p);
   // Chunks start kVecBytes-aligned (p * sizeof(T) and the padding are multiples of it once
   // p >= one vector; shorter chunks take fwht_row's scalar path, which needs no alignment).
   const T unit = args.h == nullptr && args.post == nullptr ? args.scale : T(1);
@@ -244,10 +220,6 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
   };
   if (args.h == nullptr) {  // K = 1: the chunk is the row
     store(0, buf, n);
-    return;
-  }
-  if (args.K == kKnDense && n == args.K * p && p % W == 0) {
-    kn_dense_columns(buf, stride, args, out);
     return;
   }
   if (russians) {
