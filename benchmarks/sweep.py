@@ -76,6 +76,19 @@ class FwhtRow:
 
 
 @dataclass(frozen=True)
+class InplaceRow:
+    impl: str
+    dtype: str
+    n: int
+    rows: int
+    ms: float  # the statistic (--stat) of the per-round samples, per call
+    spread: float  # of those samples: (q75 - q25) / (2 * median)
+    vs_ours: float  # time / our fwht_'s time: median of the per-round ratios
+    vs_ours_spread: float  # of those ratios
+    busy: float | None  # cores' worth of CPU other processes took meanwhile (timing.MachineBusy)
+
+
+@dataclass(frozen=True)
 class ClassifierCase:
     n: int
     c: int
@@ -151,9 +164,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def _cpu_peers(x: torch.Tensor) -> dict[str, Callable[[], object]]:
-    """numpy's dense product and the calls of the CPU FWHT packages from PyPI that are
-    installed (float32/64): fht_cpu out of place, into a preallocated output and in place;
-    ffht, which transforms in place only."""
+    """numpy's dense product and the out-of-place calls of the CPU FWHT packages from PyPI
+    that are installed (float32/64): fht_cpu out of place and into a preallocated output."""
     peers: dict[str, Callable[[], object]] = {}
     a = x.numpy()
     if x.shape[-1] <= 2**10:
@@ -168,18 +180,57 @@ def _cpu_peers(x: torch.Tensor) -> dict[str, Callable[[], object]]:
         threads = torch.get_num_threads()
         peers["fht_cpu (PyPI)"] = lambda: fht_cpu.fht(a, inplace=False, num_threads=threads)
         peers["fht_cpu (PyPI, out=preallocated)"] = lambda: fht_cpu.fht(a, out=out, num_threads=threads)
-        inplace = a.copy()
-        peers["fht_cpu (PyPI, in place)"] = lambda: fht_cpu.fht(inplace, inplace=True, num_threads=threads)
+    except ImportError:
+        pass
+    return peers
+
+
+OURS_INPLACE = "hadamard_kernels[cpu] fwht_ (in place)"
+
+
+def _inplace_fns(x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """Our fwht_ (orthonormal: values stay bounded over repeated calls), the in-place CPU
+    peers that are installed (fht_cpu in place; ffht, in place only), each on its own copy of
+    x in torch's memory, and x.clone()."""
+    threads = torch.get_num_threads()
+    mine = x.clone()
+    fns: dict[str, Callable[[], object]] = {OURS_INPLACE: lambda: hk.fwht_(mine, x.shape[-1] ** -0.5)}
+    try:
+        import fht_cpu
+
+        a = x.clone().numpy()
+        fns["fht_cpu (PyPI, in place)"] = lambda: fht_cpu.fht(a, inplace=True, num_threads=threads)
     except ImportError:
         pass
     try:
         import ffht
 
-        threads = torch.get_num_threads()
-        peers["ffht (PyPI, in place)"] = lambda: ffht.fht(a, threads)
+        b = x.clone().numpy()
+        fns["ffht (PyPI, in place)"] = lambda: ffht.fht(b, threads)
     except ImportError:
         pass
-    return peers
+    fns["x.clone()"] = lambda: x.clone()
+    return fns
+
+
+def run_inplace_case(case: FwhtCase, stat: str) -> list[InplaceRow]:
+    """Our fwht_ against the in-place CPU peers in one child process, in interleaved rounds,
+    ratios to ours paired per round: the same process, memory and cache history for all
+    (one process: at threads > 1 the packages' thread pools may slow each other; the
+    README's tables use one thread)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(torch.get_num_threads()),
+           "--stat", stat, "--inplace-case", case.dtype, str(case.n), str(case.rows)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    times = {k: Timing(**v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    return [InplaceRow(name, case.dtype, case.n, case.rows, t.ms, t.spread, t.ratio, t.ratio_spread, t.busy)
+            for name, t in times.items()]
+
+
+def _inplace_case_main(dtype: str, n: int, rows: int, stat: str) -> None:
+    keep_heap_mapped()
+    x = torch.randn(rows, n, dtype=DTYPES[dtype])
+    times = _measure(_inplace_fns(x), torch.device("cpu"), OURS_INPLACE, stat)
+    print(json.dumps({k: dataclasses.asdict(v) for k, v in times.items()}))
 
 
 def _cpu_peer_times(case: FwhtCase, stat: str) -> dict[str, Timing]:
@@ -266,9 +317,6 @@ def run_fwht_case(case: FwhtCase, device: torch.device, stat: str) -> list[FwhtR
         if backend == "triton" and case.n > 2**15:
             continue
         fns[f"hadamard_kernels[{backend}]"] = lambda b=backend: hk.fwht(x, backend=b)
-    if device.type == "cpu":  # in place, orthonormal (values stay bounded over repeated calls)
-        xi = x.clone()
-        fns["hadamard_kernels[cpu] fwht_ (in place)"] = lambda: hk.fwht_(xi, case.n**-0.5)
     dense_limit = 2**14 if device.type == "cuda" else 2**12
     if case.n <= dense_limit:
         h = hadamard_matrix(case.n, dtype=dtype, device=device)
@@ -421,11 +469,13 @@ def _fmt(ms: float) -> str:
     return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
 
 
-def is_noisy(row: FwhtRow | ClassifierRow | OrderRow | QuantRow, threads: int | None) -> bool:
+def is_noisy(row: FwhtRow | ClassifierRow | OrderRow | QuantRow | InplaceRow, threads: int | None) -> bool:
     """Whether a cell's spread (its ratio's; the baseline's own time's) exceeds NOISY, or
     other processes took CPU that the candidates' ``threads`` needed (None: not asked, on GPU)."""
     if isinstance(row, (FwhtRow, QuantRow)):
         spread = row.spread if row.impl == "x.clone()" else row.vs_clone_spread
+    elif isinstance(row, InplaceRow):
+        spread = row.spread if row.impl == OURS_INPLACE else row.vs_ours_spread
     elif isinstance(row, OrderRow):
         spread = row.spread if row.impl.startswith("fwht, n = ") else row.vs_pow2_spread
     else:
@@ -446,7 +496,7 @@ FOOTNOTE = (
 )
 
 
-def _cell(row: FwhtRow | ClassifierRow | OrderRow | QuantRow | None, baseline: bool, ratio: str | None, threads: int | None) -> str:
+def _cell(row: FwhtRow | ClassifierRow | OrderRow | QuantRow | InplaceRow | None, baseline: bool, ratio: str | None, threads: int | None) -> str:
     """One table cell: empty without a row; the baseline's time with its spread; any other
     candidate's time with ``ratio`` (its ratio to the baseline, spread included); † if noisy."""
     if row is None:
@@ -469,6 +519,24 @@ def fwht_markdown(rows: list[FwhtRow], threads: int | None) -> str:
             r = by.get((impl, dtype, n, nrows))
             cells.append(_cell(r, impl == "x.clone()", r and f"{r.vs_clone:.2f}x ±{r.vs_clone_spread:.0%}", threads))
         busy = _busy(by[("x.clone()", dtype, n, nrows)].busy)
+        lines.append(f"| {dtype} | 2^{n.bit_length() - 1} | {nrows} | " + " | ".join(cells) + f" | {busy} |")
+    return "\n".join(lines)
+
+
+def inplace_markdown(rows: list[InplaceRow], threads: int | None) -> str:
+    impls = list(dict.fromkeys(r.impl for r in rows))
+    keys = list(dict.fromkeys((r.dtype, r.n, r.rows) for r in rows))
+    by = {(r.impl, r.dtype, r.n, r.rows): r for r in rows}
+    lines = [
+        "| dtype | n | rows | " + " | ".join(impls) + " | busy |",
+        "|---|---:|---:|" + "---:|" * len(impls) + "---:|",
+    ]
+    for dtype, n, nrows in keys:
+        cells = []
+        for impl in impls:
+            r = by.get((impl, dtype, n, nrows))
+            cells.append(_cell(r, impl == OURS_INPLACE, r and f"{r.vs_ours:.2f}x ±{r.vs_ours_spread:.0%}", threads))
+        busy = _busy(by[(OURS_INPLACE, dtype, n, nrows)].busy)
         lines.append(f"| {dtype} | 2^{n.bit_length() - 1} | {nrows} | " + " | ".join(cells) + f" | {busy} |")
     return "\n".join(lines)
 
@@ -576,6 +644,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a few sizes only")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     parser.add_argument("--peer-case", nargs=4, metavar=("DTYPE", "N", "ROWS", "NAME"), help=argparse.SUPPRESS)
+    parser.add_argument("--inplace-case", nargs=3, metavar=("DTYPE", "N", "ROWS"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for every candidate (default: torch's default, all cores)")
     parser.add_argument("--stat", choices=STATS, default="median",
@@ -589,6 +658,9 @@ def main(argv: list[str] | None = None) -> None:
         _peer_case_main(args.peer_case[0], int(args.peer_case[1]), int(args.peer_case[2]), args.peer_case[3],
                         args.stat)
         return
+    if args.inplace_case:
+        _inplace_case_main(args.inplace_case[0], int(args.inplace_case[1]), int(args.inplace_case[2]), args.stat)
+        return
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     env = environment(device)
     if device.type == "cpu":
@@ -596,6 +668,11 @@ def main(argv: list[str] | None = None) -> None:
     fwht_rows: list[FwhtRow] = []
     for case in tqdm(fwht_cases(device, args.quick), desc="fwht", leave=False):
         fwht_rows += run_fwht_case(case, device, args.stat)
+    inplace_rows: list[InplaceRow] = []
+    if device.type == "cpu":
+        for case in tqdm([c for c in fwht_cases(device, args.quick) if c.rows > 1 and c.dtype in ("float32", "float64")],
+                         desc="in place", leave=False):
+            inplace_rows += run_inplace_case(case, args.stat)
     order_rows: list[OrderRow] = []
     for case in tqdm(order_cases(device, args.quick), desc="orders", leave=False):
         order_rows += run_order_case(case, device, args.stat)
@@ -612,11 +689,14 @@ def main(argv: list[str] | None = None) -> None:
     env["timing"] = f"{args.stat} of interleaved rounds, ratios paired per round (benchmarks/timing.py)"
     header = ", ".join(f"{k} {v}" for k, v in env.items())
     threads = torch.get_num_threads() if device.type == "cpu" else None
-    noisy = sum(is_noisy(r, threads) for r in [*fwht_rows, *order_rows, *quant_rows, *clf_rows])
+    noisy = sum(is_noisy(r, threads) for r in [*fwht_rows, *inplace_rows, *order_rows, *quant_rows, *clf_rows])
+    inplace_md = (f"## In place, in one process: {args.stat} ms (time / our fwht_'s time)\n\n"
+                  + inplace_markdown(inplace_rows, threads) + "\n\n") if inplace_rows else ""
     md = (
         f"# hadamard_kernels benchmark: {env['device']}\n\n{header}\n\n"
         f"## fwht: {args.stat} ms (time / x.clone() time)\n\n" + fwht_markdown(fwht_rows, threads) + "\n\n"
-        f"## Orders K * 2^k: {args.stat} ms (time per value / the power-of-two fwht's)\n\n"
+        + inplace_md
+        + f"## Orders K * 2^k: {args.stat} ms (time per value / the power-of-two fwht's)\n\n"
         + order_markdown(order_rows, threads) + "\n\n"
         f"## Fused rotate-and-quantise: {args.stat} ms (time / x.clone() time)\n\n"
         + quant_markdown(quant_rows, threads) + "\n\n"
@@ -629,6 +709,7 @@ def main(argv: list[str] | None = None) -> None:
     with open(stem + ".json", "w") as f:
         json.dump({"environment": env,
                    "fwht": [dataclasses.asdict(r) for r in fwht_rows],
+                   "inplace": [dataclasses.asdict(r) for r in inplace_rows],
                    "orders": [dataclasses.asdict(r) for r in order_rows],
                    "quantize": [dataclasses.asdict(r) for r in quant_rows],
                    "classifier": [dataclasses.asdict(r) for r in clf_rows]}, f, indent=1)
