@@ -1,6 +1,6 @@
 """Triton kernels for the ``hadamard_kernels`` ops: the "triton" backend.
 
-Three custom ops, the Triton twins of the C++ ones in csrc/ops.cpp (same semantics,
+Six custom ops, the Triton twins of the C++ ones in csrc/ops.cpp (same semantics,
 dtypes, argument checks and gradients):
 
 * ``hadamard_transform_triton(x, out_features, scale)``: ``scale * H_M[:out, :in] @ x``
@@ -13,6 +13,11 @@ dtypes, argument checks and gradients):
 * ``classifier_backward_triton(grad_y, x, scale, normalize, eps, etf=False)``: one kernel
   for dL/dx and per-program partial sums of dL/dscale (summed in float64 afterwards, in a
   fixed order: deterministic); dL/dbias is ``grad_y.sum(0)``.
+* ``hadamard_transform_kn_triton(x, hk, pow2, scale, pre_signs, post_signs)`` and its
+  in-place twin ``hadamard_transform_kn_triton_``: the transforms of order K * 2^k
+  (hadamard_kernels/transforms.py, docs/orders.md).
+* ``hadamard_quantize_triton(...)``: the same transform, then the rotate-and-quantise
+  codes and scales (hadamard_kernels/quantize.py).
 
 One program handles ROWS rows; the butterfly runs on t = next_pow2(min(in, out)) points
 held in registers (fp32, fp64 for fp64 input), the longer side being folded or repeated in
