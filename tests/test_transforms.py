@@ -216,6 +216,21 @@ def test_op_order12_non_hadamard_matrix_takes_the_general_product():
     assert rel_err(y, x @ torch.kron(h.double(), R.hadamard_matrix(64)).T) <= RTOL[torch.float64]
 
 
+@pytest.mark.parametrize("K,p", [(12, 64), (20, 16), (28, 512), (12, 2)], ids=lambda v: str(v))
+def test_op_one_infinite_input_gives_infinite_outputs(K, p):
+    # Every output is a sum in which each input enters once (no inf - inf): a single inf at
+    # column j gives scale * H[:, j] * inf, as the dense product does, on every K-point
+    # product (order 12's Williamson form, four Russians, the plain one for short chunks).
+    h = orders.hadamard_k(K, torch.int8)
+    dense_m = torch.kron(h.double(), R.hadamard_matrix(p))
+    cols = torch.randint(0, K * p, (4,)).tolist()
+    x = torch.randn(4, K * p)
+    x[torch.arange(4), cols] = torch.tensor([float("inf"), float("-inf"), float("inf"), float("-inf")])
+    y = ops.hadamard_transform_kn(x, h, p, 0.5, None, None)
+    for r, j in enumerate(cols):
+        assert torch.equal(y[r].double(), x[r, j].double() * dense_m[:, j]), f"row {r}"
+
+
 def test_op_general_diagonals():
     # The op takes any diagonal, not only +-1 (the public API passes signs).
     x = torch.randn(2, 24, dtype=torch.float64)

@@ -5,10 +5,9 @@
 // A = J, B = C = D = J - 2I in the quaternion pattern S below):
 //
 //     W[3r + i][3s + j] = S[r][s] * (r == s || i != j ? 1 : -1),   r, s < 4, i, j < 3,
-//     (W x)[3r + i] = v_r - 2 z_{r,i},   v = S u, u_s = sum_j x[3s + j],
-//                                         z_{r,i} = sum_{s != r} S[r][s] x[3s + i],
+//     (W x)[3r + i] = u_r + sum_{s != r} S[r][s] (u_s - 2 x[3s + i]),   u_s = sum_j x[3s + j],
 //
-// about 60 additions per column of 12 values instead of 144 multiply-adds. find_order12_map
+// about 64 additions per column of 12 values instead of 144 multiply-adds (order12_columns). find_order12_map
 // finds, for a given H of order 12 (any family, transposed or not), rows sigma, columns tau
 // and signs e, f with
 //
@@ -56,6 +55,8 @@ constexpr bool will12_is_hadamard() {
   return true;
 }
 static_assert(will12_is_hadamard(), "the Williamson array of order 12 must be a Hadamard matrix");
+static_assert(kWillS[0][0] == 1 && kWillS[1][1] == 1 && kWillS[2][2] == 1 && kWillS[3][3] == 1,
+              "order12_columns takes S[r][r] = 1");
 
 // H = signed permutation of W (see the header comment): W's output i goes to chunk out_chunk[i]
 // times out_sign[i]; W's input j is buffer chunk in_chunk[j], whose transform carries
@@ -155,37 +156,38 @@ inline bool find_order12_map(const T* h, Order12Map<T>& map) {
 }
 
 // The product of W on one vector of columns of the 12 signed inputs x[j] (x[j] = f_j times
-// input chunk tau(j)), stored times c[i] (out_sign[i] times the scale) to dst[i] + b.
+// input chunk tau(j)), stored times c[i] (out_sign[i] times the scale) to dst[i] + b:
+//
+//     (W x)[3r + i] = u_r + sum_{s != r} S[r][s] t_{s,i},   u_s = x[3s] + x[3s+1] + x[3s+2],
+//                     t_{s,i} = u_s - 2 x[3s + i] = (the other two of x[3s..3s+2]) - x[3s + i],
+//
+// (S[r][r] = 1). Each t is formed from the other two inputs, never as u_s - 2 x: every input
+// then enters every output exactly once, so one infinite input gives +-inf outputs, as the
+// dense product does, not inf - inf = NaN.
 template <typename T>
 inline void order12_columns(const typename Vec<T>::type (&x)[kOrder12], T* const (&dst)[kOrder12],
                             const T (&c)[kOrder12], int64_t b) {
   using V = typename Vec<T>::type;
-  V u[4];
-  for (int s = 0; s < 4; ++s) u[s] = x[3 * s] + x[3 * s + 1] + x[3 * s + 2];
-  V v[4];  // v = S u
-#pragma GCC unroll 4
-  for (int r = 0; r < 4; ++r) {
-    V acc = u[0];
-#pragma GCC unroll 4
-    for (int s = 1; s < 4; ++s) acc = kWillS[r][s] * kWillS[r][0] > 0 ? acc + u[s] : acc - u[s];
-    v[r] = kWillS[r][0] > 0 ? acc : -acc;
+  V u[4], t[4][3];
+  for (int s = 0; s < 4; ++s) {
+    const V a0 = x[3 * s], a1 = x[3 * s + 1], a2 = x[3 * s + 2];
+    const V p12 = a1 + a2, p02 = a0 + a2, p01 = a0 + a1;
+    u[s] = p12 + a0;
+    t[s][0] = p12 - a0;
+    t[s][1] = p02 - a1;
+    t[s][2] = p01 - a2;
   }
 #pragma GCC unroll 3
   for (int i = 0; i < 3; ++i)
 #pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) {
-      // z = sum_{s != r} S[r][s] x[3s + i]: the signs are constants once unrolled.
-      V z{};
-      bool first = true;
+      V y = u[r];
 #pragma GCC unroll 4
-      for (int s = 0; s < 4; ++s) {
-        if (s == r) continue;
-        const V t = x[3 * s + i];
-        z = first ? (kWillS[r][s] > 0 ? t : -t) : (kWillS[r][s] > 0 ? z + t : z - t);
-        first = false;
+      for (int s = 0; s < 4; ++s) {  // the signs are constants once unrolled
+        if (s != r) y = kWillS[r][s] > 0 ? y + t[s][i] : y - t[s][i];
       }
       const int o = 3 * r + i;
-      Vec<T>::store(dst[o] + b, v[r] * c[o] - z * (2 * c[o]));
+      Vec<T>::store(dst[o] + b, y * c[o]);
     }
 }
 
