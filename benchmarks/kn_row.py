@@ -1,0 +1,74 @@
+"""The CPU K * 2^k row kernel alone, against the power-of-two one: issue 11's CPU targets
+without torch's allocator in the way.
+
+    .venv/bin/python benchmarks/kn_row.py [--rounds 31] [--out benchmarks/results]
+
+Builds benchmarks/kn_row.cpp with g++ (the extension's flags: -O3 -march=native) in a
+temporary folder, feeds it the library's H_K (hadamard_kernels.orders, family "rotation",
+as ``hadamard_transform_order`` uses them) for 12 * 1024, 28 * 512 and 172 * 64, and writes
+benchmarks/results/cpu-kn-row.md: per order, the median over interleaved rounds of its time
+per value over the time per value of ``fwht_row`` at 2^13 (thread CPU time, one thread,
+float32, about 2^22 values each, preallocated output). The sweep (benchmarks/sweep.py) times
+the same ops through torch, where a fresh output's page faults can dominate on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import environment  # noqa: E402
+
+from hadamard_kernels import orders  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SHAPES = [(12, 1024), (28, 512), (172, 64)]  # sweep.ORDER_SHAPES, the issue's targets
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=31)
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "kn_row")
+        subprocess.run(["g++", "-O3", "-march=native", "-std=c++20", "-Wno-array-bounds", "-I", os.path.join(ROOT, "csrc"),
+                        os.path.join(HERE, "kn_row.cpp"), "-o", exe], check=True)
+        feed = [str(args.rounds)]
+        for K, p in SHAPES:
+            h = orders.hadamard_k(K, torch.int64, family="rotation")
+            feed.append(f"{K} {p} " + " ".join(map(str, h.flatten().tolist())))
+        feed.append("0 0")
+        out = subprocess.run([exe], input="\n".join(feed) + "\n", capture_output=True, text=True, check=True).stdout
+    env = environment("cpu")
+    env["device"] = env["device"].rsplit(" (", 1)[0] + " (1 thread)"
+    env.pop("threads", None)  # torch's setting; the benchmark runs on one thread
+    lines = [
+        "# The CPU K * 2^k row kernel against the 2^13 transform (benchmarks/kn_row.py)",
+        "",
+        ", ".join(f"{k} {v}" for k, v in env.items()) + f", {args.rounds} interleaved rounds, thread CPU time",
+        "",
+        "| n = K * p | rows | median ms | time per value / fwht_row 2^13's (median of rounds) | q25 - q75 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for line in out.strip().splitlines():
+        K, p, rows, ms, ratio, q25, q75 = line.split()
+        name = "2^13 (baseline, fwht_row)" if K == "1" else f"{K} * {p} = {int(K) * int(p)}"
+        lines.append(f"| {name} | {rows} | {float(ms):.3f} | {float(ratio):.2f}x | {float(q25):.2f} - {float(q75):.2f} |")
+    md = "\n".join(lines) + "\n"
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "cpu-kn-row.md")
+    with open(path, "w") as f:
+        f.write(md)
+    print(md + f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
