@@ -97,3 +97,14 @@ def pytest_collection_modifyitems(config, items):
         # backend="cuda", whose CPU-side error tests must run without a GPU.
         if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="session")
+def mutant_runner(tmp_path_factory):
+    """The CPU-run CUDA harness's runner (float32 only) built from a copy of the kernels with
+    every mutation of test_cuda_sim.MUTATIONS in it, each switched on by HK_SIM_MUTANT=id:
+    one build for the harness's mutant tests (test_cuda_sim*.py)."""
+    from cuda_sim import harness as H
+    from test_cuda_sim import MUTATIONS
+
+    return H.build_mutants(MUTATIONS, tmp_path_factory.mktemp("mutants"))

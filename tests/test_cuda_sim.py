@@ -374,13 +374,6 @@ MUTANTS = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def mutant_runner(tmp_path_factory) -> Path:
-    """The runner (float32 only) built from a copy of the kernels with every mutation in it,
-    each switched on by HK_SIM_MUTANT=id."""
-    return H.build_mutants(MUTATIONS, tmp_path_factory.mktemp("mutants"))
-
-
 @pytest.mark.parametrize("mutant", sorted(MUTANTS), ids=lambda m: f"mutant{m}")
 def test_harness_rejects_mutant(mutant: int, mutant_runner: Path):
     what, case = MUTANTS[mutant]

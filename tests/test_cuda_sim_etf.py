@@ -381,13 +381,6 @@ MUTANTS = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def mutant_runner(tmp_path_factory) -> Path:
-    from test_cuda_sim import MUTATIONS
-
-    return H.build_mutants(MUTATIONS, tmp_path_factory.mktemp("mutants"))
-
-
 @pytest.mark.parametrize("mutant", sorted(MUTANTS), ids=lambda m: f"mutant{m}")
 def test_etf_tests_reject_mutant(mutant: int, mutant_runner: Path):
     what, case = MUTANTS[mutant]

@@ -374,13 +374,6 @@ KN_MUTANTS = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def mutant_runner(tmp_path_factory) -> Path:
-    from test_cuda_sim import MUTATIONS
-
-    return H.build_mutants(MUTATIONS, tmp_path_factory.mktemp("mutants"))
-
-
 @pytest.mark.parametrize("mutant", sorted(KN_MUTANTS), ids=lambda m: f"mutant{m}")
 def test_harness_rejects_kn_mutant(mutant: int, mutant_runner: Path):
     what, case = KN_MUTANTS[mutant]
