@@ -59,7 +59,6 @@ inline void check_classifier_args(const at::Tensor& x, const at::Tensor& scale, 
   }
 }
 
-
 // Returns bias made contiguous (undefined when absent) after checking shape, dtype, device.
 inline at::Tensor checked_bias(const std::optional<at::Tensor>& bias, const at::Tensor& x, int64_t num_classes,
                                const char* op) {

@@ -1,4 +1,5 @@
-// The K-point product of order 12 through a Williamson-type matrix (kn_row's K = 12 path).
+// The K-point product of order 12 through a Williamson-type matrix (kn_row's K = 12 path,
+// csrc/cpu/orders.h, which runs it before the chunks' 2^k-point transforms).
 //
 // Every Hadamard matrix of order 12 is equivalent to every other: H = P D W E Q for signed
 // permutations. We use the Williamson array W of order 12 (four 3 x 3 circulants
@@ -231,48 +232,6 @@ inline void order12_product(const T* src, int64_t src_stride, const T* pre, T* d
     V lo[kOrder12];
     for (int j = 0; j < kOrder12; ++j) lo[j] = load(j, b);
     order12_columns<T>(lo, out, c, b);
-  }
-}
-
-// kn_row for K = 12 with a map (n = 12 p, p a multiple of the vector width): the product
-// first, from x (or from buf, where x is first converted) into buf, then each chunk's
-// 2^k-point transform, from buf straight into out where it can (H_K (x) H_p = (H_K (x) I)
-// (I (x) H_p), and the factors commute). buf: 12 chunks `stride` apart (kn_chunk_stride).
-template <typename scalar_t, typename T, typename out_t>
-inline void kn_order12_row(const scalar_t* x, int64_t xs, out_t* out, T* buf, int64_t stride,
-                           const Order12Map<T>& map, int64_t p, const T* pre, const T* post, T scale) {
-  const T product_scale = post != nullptr ? T(1) : scale;  // post carries the scale
-  bool direct = false;
-  if constexpr (std::is_same_v<scalar_t, T>) direct = xs == 1;
-  const T* src = reinterpret_cast<const T*>(x);
-  int64_t src_stride = p;
-  if (!direct) {
-    for (int a = 0; a < kOrder12; ++a)
-      for (int64_t i = 0; i < p; ++i) buf[a * stride + i] = static_cast<T>(x[(a * p + i) * xs]);
-    src = buf;
-    src_stride = stride;
-  }
-  if (pre != nullptr) {
-    order12_product<true>(src, src_stride, pre, buf, stride, p, map, product_scale);
-  } else {
-    order12_product<false>(src, src_stride, pre, buf, stride, p, map, product_scale);
-  }
-  for (int a = 0; a < kOrder12; ++a) {
-    T* c = buf + a * stride;
-    out_t* o = out + a * p;
-    if constexpr (std::is_same_v<out_t, T>) {
-      // fwht_row's later sweeps address its output as vectors: out must be vector-aligned.
-      if (post == nullptr && reinterpret_cast<std::uintptr_t>(o) % kVecBytes == 0) {
-        fwht_row(c, o, p, T(1));
-        continue;
-      }
-    }
-    fwht_row(c, c, p, T(1));
-    if (post != nullptr) {
-      for (int64_t i = 0; i < p; ++i) o[i] = static_cast<out_t>(c[i] * post[a * p + i]);
-    } else {
-      for (int64_t i = 0; i < p; ++i) o[i] = static_cast<out_t>(c[i]);
-    }
   }
 }
 

@@ -14,8 +14,8 @@
 // +-v[4j+3] of every group j of 4 chunks are formed once (kn_combos), and each output chunk
 // a adds one of them per group, picked by the sign pattern of H_K[a, 4j:4j+4] (kn_patterns):
 // K/4 additions per output instead of K multiply-adds. K = 12 with a Hadamard H_12 on whole
-// rows (kn_order12_row, csrc/cpu/order12.h) takes the product of a Williamson-type matrix
-// equivalent to it, about 60 additions per column of 12 values in registers, with H_12's
+// rows (order12_product, csrc/cpu/order12.h) takes the product of a Williamson-type matrix
+// equivalent to it, about 64 additions per column of 12 values in registers, with H_12's
 // permutations and signs folded into the chunk pointers and scales; and it takes it first,
 // reading x, so that the chunk transforms write the output sequentially (the product's 12
 // output streams 4 KB apart cost as much as the whole transform: measured, 12 x 1024
@@ -174,10 +174,6 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
   using V = typename Vec<T>::type;
   constexpr int64_t W = Vec<T>::kLanes;
   const int64_t stride = kn_chunk_stride<T>(p);
-  if (args.order12 != nullptr && n == args.K * p && p % W == 0) {  // K = 12, whole rows (order12.h)
-    kn_order12_row(x, xs, out, buf, stride, *args.order12, p, args.pre, args.post, args.scale);
-    return;
-  }
   const int64_t used = (n + p - 1) / p;  // chunks holding any of the n entries
   const bool russians = args.offsets != nullptr && p % kKnLine<T> == 0;
   // The four-Russians product reads whole groups of 4 chunks: zeros up to the last group.
@@ -200,35 +196,10 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
     }
     std::fill(c + len, c + p, T(0));
   };
-  if (russians) {
-    // The product first, in place in buf (every read of a line of columns, in kn_combos,
-    // precedes its writes), then each chunk's transform, writing the output in order: the
-    // product's K output streams p apart, written in column order, had cost more than the
-    // transforms (thread-time microbenchmark over 2^22 floats: 28 x 512 from 2.2x to 1.8x
-    // the 2^13 transform's time, 172 x 64 from 4.4x to 3.9x).
-    for (int64_t a = 0; a < chunks; ++a) load_chunk(a);
-    constexpr int64_t C = kKnCols<T>;
-    constexpr int64_t R = kKnRows<T>;
-    V* combos = reinterpret_cast<V*>(buf + args.K * stride);
-    const V factor = (args.post != nullptr ? T(1) : args.scale) + V{};  // post carries the scale
-    auto put = [&](int64_t a, int64_t b, V v) { Vec<T>::store(buf + a * stride + b, v * factor); };
-    const int64_t per_row = args.K / kKnGroup;
-    for (int64_t b0 = 0; b0 < p; b0 += kKnLine<T>) {
-      kn_combos(buf, stride, b0, groups, combos);
-      int64_t a = 0;
-      for (; a + R <= used; a += R) {
-        V acc[R][C];
-        kn_gather<R, T>(combos, args.offsets, per_row, groups, a, acc);
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t c = 0; c < C; ++c) put(a + r, b0 + c * W, acc[r][c]);
-      }
-      for (; a < used; ++a) {
-        V acc[1][C];
-        kn_gather<1, T>(combos, args.offsets, per_row, groups, a, acc);
-        for (int64_t c = 0; c < C; ++c) put(a, b0 + c * W, acc[0][c]);
-      }
-    }
-    for (int64_t a = 0; a < used; ++a) {
+  // After a product in place in buf: each of the first `count` chunks' transform, written to
+  // the output in order (straight from buf where the output allows), with post and the cast.
+  auto transform_chunks_to_out = [&](int64_t count) {
+    for (int64_t a = 0; a < count; ++a) {
       T* c = buf + a * stride;
       const int64_t len = std::min(p, n - a * p);
       out_t* o = out + a * p;
@@ -247,6 +218,59 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
         for (int64_t j = 0; j < len; ++j) o[j] = static_cast<out_t>(c[j]);
       }
     }
+  };
+  const T product_scale = args.post != nullptr ? T(1) : args.scale;  // post carries the scale
+  if (args.order12 != nullptr && n == args.K * p && p % W == 0) {
+    // K = 12 on whole rows (order12.h): the product first, read straight from x where its
+    // type and layout allow (pre applied there), else from the chunks loaded into buf.
+    bool direct = false;
+    if constexpr (std::is_same_v<scalar_t, T>) direct = xs == 1;
+    const T* src = reinterpret_cast<const T*>(x);
+    int64_t src_stride = p;
+    const T* pre = args.pre;
+    if (!direct) {
+      for (int64_t a = 0; a < args.K; ++a) load_chunk(a);
+      src = buf;
+      src_stride = stride;
+      pre = nullptr;  // load_chunk applied it
+    }
+    if (pre != nullptr) {
+      order12_product<true>(src, src_stride, pre, buf, stride, p, *args.order12, product_scale);
+    } else {
+      order12_product<false>(src, src_stride, pre, buf, stride, p, *args.order12, product_scale);
+    }
+    transform_chunks_to_out(args.K);
+    return;
+  }
+  if (russians) {
+    // The product first, in place in buf (every read of a line of columns, in kn_combos,
+    // precedes its writes), then each chunk's transform, writing the output in order: the
+    // product's K output streams p apart, written in column order, had cost more than the
+    // transforms (thread-time microbenchmark over 2^22 floats: 28 x 512 from 2.2x to 1.8x
+    // the 2^13 transform's time, 172 x 64 from 4.4x to 3.9x).
+    for (int64_t a = 0; a < chunks; ++a) load_chunk(a);
+    constexpr int64_t C = kKnCols<T>;
+    constexpr int64_t R = kKnRows<T>;
+    V* combos = reinterpret_cast<V*>(buf + args.K * stride);
+    const V factor = product_scale + V{};
+    auto put = [&](int64_t a, int64_t b, V v) { Vec<T>::store(buf + a * stride + b, v * factor); };
+    const int64_t per_row = args.K / kKnGroup;
+    for (int64_t b0 = 0; b0 < p; b0 += kKnLine<T>) {
+      kn_combos(buf, stride, b0, groups, combos);
+      int64_t a = 0;
+      for (; a + R <= used; a += R) {
+        V acc[R][C];
+        kn_gather<R, T>(combos, args.offsets, per_row, groups, a, acc);
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t c = 0; c < C; ++c) put(a + r, b0 + c * W, acc[r][c]);
+      }
+      for (; a < used; ++a) {
+        V acc[1][C];
+        kn_gather<1, T>(combos, args.offsets, per_row, groups, a, acc);
+        for (int64_t c = 0; c < C; ++c) put(a, b0 + c * W, acc[0][c]);
+      }
+    }
+    transform_chunks_to_out(used);
     return;
   }
   const T unit = args.h == nullptr && args.post == nullptr ? args.scale : T(1);
