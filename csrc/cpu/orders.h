@@ -92,6 +92,10 @@ template <typename T> constexpr int64_t kKnCols = kVecBytes >= 64 ? 1 : 64 / kVe
 template <typename T> constexpr int64_t kKnRows = 8 / kKnCols<T>;
 template <typename T> constexpr int64_t kKnLine = kKnCols<T> * Vec<T>::kLanes;  // columns per step
 
+// Lines of columns ahead that the four-Russians product prefetches when it reads x itself
+// (2 measured best of 2, 4 and 8 on the row microbenchmark, benchmarks/kn_row.py).
+constexpr int64_t kKnPrefetch = 2;
+
 // Scratch values kn_row needs for a row of K chunks of p (K = 1 when hk is None): the chunks
 // and, for the four-Russians product (russians), the combos of one line of columns.
 template <typename T>
@@ -114,18 +118,21 @@ inline void kn_offsets(const T* h, int64_t K, uint32_t* offsets) {
 }
 
 // combos[(16 j + s) * kKnCols + c] = sum_i (bit i of s ? -1 : +1) * v_i over the 4 chunks
-// 4j .. 4j+3 of buf (chunk a at buf + a * stride), at vector c of the line of columns b0, for
-// the groups j < groups.
-template <typename T>
-inline void kn_combos(const T* __restrict buf, int64_t stride, int64_t b0, int64_t groups,
-                      typename Vec<T>::type* __restrict combos) {
+// 4j .. 4j+3 of src (chunk a at src + a * stride; times pre's chunk a, pre + a * p, when kPre),
+// at vector c of the line of columns b0, for the groups j < groups.
+template <bool kPre, typename T>
+inline void kn_combos(const T* __restrict src, int64_t stride, const T* __restrict pre, int64_t p, int64_t b0,
+                      int64_t groups, typename Vec<T>::type* __restrict combos) {
   using V = typename Vec<T>::type;
   constexpr int64_t C = kKnCols<T>;
   for (int64_t j = 0; j < groups; ++j)
     for (int64_t c = 0; c < C; ++c) {
-      const T* col = buf + j * kKnGroup * stride + b0 + c * Vec<T>::kLanes;
-      const V v[kKnGroup] = {Vec<T>::load(col), Vec<T>::load(col + stride), Vec<T>::load(col + 2 * stride),
-                             Vec<T>::load(col + 3 * stride)};
+      const int64_t a0 = j * kKnGroup, b = b0 + c * Vec<T>::kLanes;
+      V v[kKnGroup];
+      for (int64_t i = 0; i < kKnGroup; ++i) {
+        v[i] = Vec<T>::load(src + (a0 + i) * stride + b);
+        if constexpr (kPre) v[i] *= Vec<T>::load(pre + (a0 + i) * p + b);
+      }
       const V lo[4] = {v[0] + v[1], v[1] - v[0], v[0] - v[1], -(v[0] + v[1])};  // signs of v0, v1: bits 0, 1
       const V hi[4] = {v[2] + v[3], v[3] - v[2], v[2] - v[3], -(v[2] + v[3])};  // signs of v2, v3: bits 2, 3
       V* out = combos + j * kKnCombos * C + c;
@@ -243,12 +250,22 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
     return;
   }
   if (russians) {
-    // The product first, in place in buf (every read of a line of columns, in kn_combos,
-    // precedes its writes), then each chunk's transform, writing the output in order: the
-    // product's K output streams p apart, written in column order, had cost more than the
-    // transforms (thread-time microbenchmark over 2^22 floats: 28 x 512 from 2.2x to 1.8x
-    // the 2^13 transform's time, 172 x 64 from 4.4x to 3.9x).
-    for (int64_t a = 0; a < chunks; ++a) load_chunk(a);
+    // The product first, into buf (in place when it reads buf: every read of a line of
+    // columns, in kn_combos, precedes its writes), then each chunk's transform, writing the
+    // output in order: the product's K output streams p apart, written in column order, had
+    // cost more than the transforms (thread-time microbenchmark over 2^22 floats: 28 x 512
+    // from 2.2x to 1.8x the 2^13 transform's time, 172 x 64 from 4.4x to 3.9x). On whole
+    // contiguous rows of the accumulator type it reads x itself (pre applied there): the
+    // copy into buf had cost a fifth of the total.
+    bool direct = false;
+    if constexpr (std::is_same_v<scalar_t, T>) direct = xs == 1 && n == args.K * p;
+    const T* src = reinterpret_cast<const T*>(x);
+    int64_t src_stride = p;
+    if (!direct) {
+      for (int64_t a = 0; a < chunks; ++a) load_chunk(a);
+      src = buf;
+      src_stride = stride;
+    }
     constexpr int64_t C = kKnCols<T>;
     constexpr int64_t R = kKnRows<T>;
     V* combos = reinterpret_cast<V*>(buf + args.K * stride);
@@ -256,7 +273,15 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
     auto put = [&](int64_t a, int64_t b, V v) { Vec<T>::store(buf + a * stride + b, v * factor); };
     const int64_t per_row = args.K / kKnGroup;
     for (int64_t b0 = 0; b0 < p; b0 += kKnLine<T>) {
-      kn_combos(buf, stride, b0, groups, combos);
+      // K streams p apart are more than the hardware prefetcher follows: fetch each chunk's
+      // line kKnPrefetch steps ahead (28 x 512: 1.6x the 2^13 transform's time, 1.9x without).
+      if (direct && b0 + kKnPrefetch * kKnLine<T> < p)
+        for (int64_t a = 0; a < args.K; ++a) __builtin_prefetch(src + a * src_stride + b0 + kKnPrefetch * kKnLine<T>);
+      if (direct && args.pre != nullptr) {
+        kn_combos<true>(src, src_stride, args.pre, p, b0, groups, combos);
+      } else {
+        kn_combos<false>(src, src_stride, args.pre, p, b0, groups, combos);
+      }
       int64_t a = 0;
       for (; a + R <= used; a += R) {
         V acc[R][C];
