@@ -74,7 +74,7 @@ int main() {
     cpu::kn_offsets(o.h.data(), o.K, o.offsets.data());
     o.buf = static_cast<float*>(std::aligned_alloc(64, (cpu::kn_buffer_size<float>(o.K, o.p, true) * 4 + 4095) / 4096 * 4096));
     args.push_back(cpu::KnRowArgs<float>{o.h.data(), o.offsets.data(), o.K, o.p, n, nullptr, nullptr, 0.5f,
-                                         o.has_map ? &o.map : nullptr});
+                                         o.has_map ? &o.map : nullptr, cpu::paley2_q(o.h.data(), o.K)});
   }
   std::vector<std::function<void()>> fns;
   fns.push_back([&] {
@@ -84,7 +84,8 @@ int main() {
     fns.push_back([&, i] {
       const Order& o = orders[i];
       const int64_t n = o.K * o.p;
-      for (int64_t r = 0; r < o.rows; ++r) cpu::kn_row(x + r * n, 1, y + r * n, o.buf, args[i]);
+      for (int64_t r = 0; r < o.rows; ++r)
+        cpu::kn_row(x + r * n, 1, y + r * n, o.buf, args[i], r + 1 < o.rows ? x + (r + 1) * n : nullptr);
     });
   }
   for (auto& f : fns) f();  // warm up

@@ -47,6 +47,7 @@ class KnSetup {
         pre_(read_signs(pre_signs, 1.0)),
         post_(read_signs(post_signs, scale)) {
     has_order12_ = K == cpu::kOrder12 && !h_.empty() && order12_map(h_, order12_);
+    const int paley_q = h_.empty() ? 0 : cpu::paley2_q(h_.data(), K);
     if (!h_.empty() && K % cpu::kKnGroup == 0) {  // rows that the order-12 product does not take
       offsets_.resize(static_cast<size_t>(K * (K / cpu::kKnGroup)));
       cpu::kn_offsets(h_.data(), K, offsets_.data());
@@ -59,7 +60,8 @@ class KnSetup {
                                   pre_.empty() ? nullptr : pre_.data(),
                                   post_.empty() ? nullptr : post_.data(),
                                   static_cast<acc_t>(scale),
-                                  has_order12_ ? &order12_ : nullptr};
+                                  has_order12_ ? &order12_ : nullptr,
+                                  paley_q};
   }
   KnSetup(const KnSetup&) = delete;
   KnSetup& operator=(const KnSetup&) = delete;

@@ -49,7 +49,8 @@ void kn_cpu(const at::Tensor& rows, at::Tensor& out, const std::optional<at::Ten
         return;
       }
       cpu::RowBuffer<acc_t> buf(setup.buffer_size());
-      for (int64_t r = begin; r < end; ++r) cpu::kn_row(x + r * rs, cs, y + r * n, buf.get(), args);
+      for (int64_t r = begin; r < end; ++r)
+        cpu::kn_row(x + r * rs, cs, y + r * n, buf.get(), args, r + 1 < end ? x + (r + 1) * rs : nullptr);
     });
   });
 }

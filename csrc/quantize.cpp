@@ -76,7 +76,8 @@ void quantize_rows(const at::Tensor& rows, at::Tensor& q, at::Tensor& scales, co
     cpu::RowBuffer<acc_t> buf(setup.buffer_size());
     cpu::RowBuffer<acc_t> y(n);
     for (int64_t r = begin; r < end; ++r) {
-      cpu::kn_row<scalar_t, acc_t, acc_t>(x + r * rs, cs, y.get(), buf.get(), args);
+      cpu::kn_row<scalar_t, acc_t, acc_t>(x + r * rs, cs, y.get(), buf.get(), args,
+                                          r + 1 < end ? x + (r + 1) * rs : nullptr);
       cpu::quantize_groups(y.get(), n, g, qmax, Format<code_t>::template encode<acc_t>, qp + r * n,
                            sp + r * groups);
     }

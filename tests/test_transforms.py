@@ -163,14 +163,17 @@ def test_op_padding_and_signs_match_dense(n, K, p):
         assert rel_err(y, dense_kn(x, K, p, 0.7, pre=a, post=b)) <= RTOL[torch.float64]
 
 
-# Both K-point products of csrc/cpu/orders.h: the four-Russians one (K % 4 == 0, chunks of
-# whole cache lines: p >= 16 floats / 8 doubles) and the plain one (shorter chunks), with
-# partial groups of 4 chunks (n < K p), a last vector cut short, and every dtype.
+# The K-point products of csrc/cpu/orders.h: the four-Russians one (K % 4 == 0, chunks of
+# whole cache lines: p >= 16 floats / 8 doubles), the plain one (shorter chunks) and, on whole
+# rows of chunks of whole vectors, the Paley II one (csrc/cpu/paley.h: the rotation family's
+# H_28 and H_36), with partial groups of 4 chunks (n < K p), a last vector cut short, and
+# every dtype.
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize(
     "n,K,p",
     [(12 * 64, 12, 64), (5 * 32 + 3, 12, 32), (20 * 16 - 1, 20, 16), (172 * 16, 172, 16), (97 * 16 + 5, 172, 16),
-     (40 * 8 + 1, 40, 16), (1, 12, 64), (28 * 8, 28, 8)],
+     (40 * 8 + 1, 40, 16), (1, 12, 64), (28 * 8, 28, 8), (28 * 32, 28, 32), (28 * 16 - 3, 28, 16),
+     (36 * 16, 36, 16), (36 * 4, 36, 4)],
 )  # fmt: skip
 def test_op_k_point_products_match_dense(n, K, p, dtype):
     x = torch.randn(4, n, dtype=dtype)
@@ -216,11 +219,27 @@ def test_op_order12_non_hadamard_matrix_takes_the_general_product():
     assert rel_err(y, x @ torch.kron(h.double(), R.hadamard_matrix(64)).T) <= RTOL[torch.float64]
 
 
-@pytest.mark.parametrize("K,p", [(12, 64), (20, 16), (28, 512), (12, 2)], ids=lambda v: str(v))
+# H_28 and H_36 of the rotation family take the Paley II product (csrc/cpu/paley.h) only when hk is
+# exactly that matrix: a signed permutation of it (still Hadamard) takes the four-Russians one,
+# and so does the transpose of the fht family's (Williamson) H_28.
+@pytest.mark.parametrize("K", [28, 36])
+def test_op_paley_matrix_variants_take_the_general_product(K):
+    h = orders.hadamard_k(K, torch.int64)
+    x = torch.randn(3, K * 16, dtype=torch.float64)
+    variants = [h, _signed_equivalent(h, K).long()]
+    if K == 28:
+        variants.append(orders.hadamard_k(K, torch.int64, family="fht").T)
+    for hv in (v.contiguous() for v in variants):
+        y = ops.hadamard_transform_kn(x, hv.to(torch.int8), 16, 0.5, None, None)
+        assert rel_err(y, 0.5 * x @ torch.kron(hv.double(), R.hadamard_matrix(16)).T) <= RTOL[torch.float64]
+
+
+@pytest.mark.parametrize("K,p", [(12, 64), (20, 16), (28, 512), (36, 16), (12, 2)], ids=lambda v: str(v))
 def test_op_one_infinite_input_gives_infinite_outputs(K, p):
     # Every output is a sum in which each input enters once (no inf - inf): a single inf at
     # column j gives scale * H[:, j] * inf, as the dense product does, on every K-point
-    # product (order 12's Williamson form, four Russians, the plain one for short chunks).
+    # product (order 12's Williamson form, four Russians, Paley II for 28 and 36, the plain
+    # one for short chunks).
     h = orders.hadamard_k(K, torch.int8)
     dense_m = torch.kron(h.double(), R.hadamard_matrix(p))
     cols = torch.randint(0, K * p, (4,)).tolist()

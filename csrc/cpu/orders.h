@@ -12,7 +12,7 @@
 // The K-point product (K a multiple of 4, chunks of at least one vector) is the "four
 // Russians" one: per vector of columns, the 16 signed sums +-v[4j] +-v[4j+1] +-v[4j+2]
 // +-v[4j+3] of every group j of 4 chunks are formed once (kn_combos), and each output chunk
-// a adds one of them per group, picked by the sign pattern of H_K[a, 4j:4j+4] (kn_patterns):
+// a adds one of them per group, picked by the sign pattern of H_K[a, 4j:4j+4] (kn_offsets):
 // K/4 additions per output instead of K multiply-adds. K = 12 with a Hadamard H_12 on whole
 // rows (order12_product, csrc/cpu/order12.h) takes the product of a Williamson-type matrix
 // equivalent to it, about 64 additions per column of 12 values in registers, with H_12's
@@ -20,7 +20,12 @@
 // reading x, so that the chunk transforms write the output sequentially (the product's 12
 // output streams 4 KB apart cost as much as the whole transform: measured, 12 x 1024
 // floats, 1.66x the time of the 2^13 transform with the product last, 1.3x with it first).
-// Other K, and chunks shorter than a vector, take the plain product (k_point_tile).
+// The Paley II matrices of the rotation family (H_28, H_36; paley2_product, csrc/cpu/paley.h)
+// take their own product on whole rows the same way: C u + w and C w - u with the conference
+// matrix C's circulant in pairs, 8.9 additions per value in registers at K = 28 against the
+// four-Russians product's 12 and its table (28 x 512: 1.6x the 2^13 transform's time with
+// four Russians, 1.3-1.4x with it; benchmarks/kn_row.py). Other K, and chunks shorter than a
+// vector, take the plain product (k_point_tile).
 //
 // Pure C++ (no torch): the caller converts H_K and the diagonals to the accumulator type.
 #pragma once
@@ -31,6 +36,7 @@
 
 #include "cpu/butterfly.h"
 #include "cpu/order12.h"
+#include "cpu/paley.h"
 
 namespace hadamard_kernels {
 namespace cpu {
@@ -52,6 +58,7 @@ struct KnRowArgs {
   const T* post;      // n factors applied to the result (scale already multiplied in), or null
   T scale;            // multiplies every output when post is null
   const Order12Map<T>* order12 = nullptr;  // K = 12: H_K as a signed permutation of W, or null
+  int paley_q = 0;    // q when H_K is the Paley II matrix of order 2 (q + 1) (paley2_q), else 0
 };
 
 // acc[r][:len] = sum_{a' < used} h[(a + r) K + a'] buf[a' stride + b0 : ... + len] for r < rows.
@@ -162,9 +169,12 @@ inline void kn_gather(const typename Vec<T>::type* __restrict combos, const uint
 // buf: kVecBytes-aligned scratch of kn_buffer_size<T>(K, p, offsets != null) values. x: the
 // row, entries x[i * xs];
 // out: n contiguous outputs of type out_t (x's type unless asked; may equal x when xs == 1:
-// the row is read in full first).
+// the row is read in full first). next: the row the caller passes next (same layout), or null:
+// the four-Russians product, when it reads x itself, prefetches it while the chunks of this
+// row are transformed (the only phase that reads no x).
 template <typename scalar_t, typename T, typename out_t = scalar_t>
-inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf, const KnRowArgs<T>& args) {
+inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf, const KnRowArgs<T>& args,
+                   const scalar_t* next = nullptr) {
   const int64_t n = args.n;
   const int64_t p = args.p;
   constexpr bool kSameTypes = std::is_same_v<scalar_t, T> && std::is_same_v<out_t, T>;
@@ -204,9 +214,15 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
     std::fill(c + len, c + p, T(0));
   };
   // After a product in place in buf: each of the first `count` chunks' transform, written to
-  // the output in order (straight from buf where the output allows), with post and the cast.
-  auto transform_chunks_to_out = [&](int64_t count) {
+  // the output in order (straight from buf where the output allows), with post and the cast;
+  // with `prefetch`, the n values at prefetch are fetched into L2 meanwhile, a share per chunk.
+  auto transform_chunks_to_out = [&](int64_t count, const scalar_t* prefetch) {
+    const int64_t lines = prefetch != nullptr ? (n * static_cast<int64_t>(sizeof(scalar_t)) + 63) / 64 : 0;
+    const int64_t lines_per_chunk = (lines + count - 1) / count;
     for (int64_t a = 0; a < count; ++a) {
+      const char* ahead = reinterpret_cast<const char*>(prefetch);
+      for (int64_t l = a * lines_per_chunk; l < std::min(lines, (a + 1) * lines_per_chunk); ++l)
+        __builtin_prefetch(ahead + 64 * l, 0, 2);
       T* c = buf + a * stride;
       const int64_t len = std::min(p, n - a * p);
       out_t* o = out + a * p;
@@ -226,27 +242,44 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
       }
     }
   };
-  const T product_scale = args.post != nullptr ? T(1) : args.scale;  // post carries the scale
-  if (args.order12 != nullptr && n == args.K * p && p % W == 0) {
-    // K = 12 on whole rows (order12.h): the product first, read straight from x where its
-    // type and layout allow (pre applied there), else from the chunks loaded into buf.
-    bool direct = false;
-    if constexpr (std::is_same_v<scalar_t, T>) direct = xs == 1;
-    const T* src = reinterpret_cast<const T*>(x);
-    int64_t src_stride = p;
-    const T* pre = args.pre;
-    if (!direct) {
-      for (int64_t a = 0; a < args.K; ++a) load_chunk(a);
-      src = buf;
-      src_stride = stride;
-      pre = nullptr;  // load_chunk applied it
-    }
+  const T product_scale = args.post != nullptr ? T(1) : args.scale;
+  // The structured products (order 12, Paley II) take whole rows, read straight from x where
+  // its type and layout allow (pre applied as they load), else from the chunks loaded into buf.
+  const bool structured = (args.order12 != nullptr || args.paley_q != 0) && n == args.K * p && p % W == 0;
+  bool direct = false;
+  if constexpr (std::is_same_v<scalar_t, T>) direct = structured && xs == 1;
+  const T* src = reinterpret_cast<const T*>(x);
+  int64_t src_stride = p;
+  const T* pre = args.pre;
+  if (structured && !direct) {
+    for (int64_t a = 0; a < args.K; ++a) load_chunk(a);
+    src = buf;
+    src_stride = stride;
+    pre = nullptr;  // load_chunk applied it
+  }
+  if (structured && args.order12 != nullptr) {  // K = 12 (order12.h)
     if (pre != nullptr) {
       order12_product<true>(src, src_stride, pre, buf, stride, p, *args.order12, product_scale);
     } else {
       order12_product<false>(src, src_stride, pre, buf, stride, p, *args.order12, product_scale);
     }
-    transform_chunks_to_out(args.K);
+    transform_chunks_to_out(args.K, nullptr);  // a prefetch of the next row measured slower here
+    return;
+  }
+  if (structured) {  // Paley II (paley.h), K = 28 and 36 of the rotation family
+    auto product = [&]<int q>() {
+      if (pre != nullptr) {
+        paley2_product<q, true>(src, src_stride, pre, buf, stride, p, product_scale, direct);
+      } else {
+        paley2_product<q, false>(src, src_stride, pre, buf, stride, p, product_scale, direct);
+      }
+    };
+    if (args.paley_q == 13) {
+      product.template operator()<13>();
+    } else {
+      product.template operator()<17>();
+    }
+    transform_chunks_to_out(args.K, direct ? next : nullptr);
     return;
   }
   if (russians) {
@@ -257,10 +290,7 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
     // from 2.2x to 1.8x the 2^13 transform's time, 172 x 64 from 4.4x to 3.9x). On whole
     // contiguous rows of the accumulator type it reads x itself (pre applied there): the
     // copy into buf had cost a fifth of the total.
-    bool direct = false;
     if constexpr (std::is_same_v<scalar_t, T>) direct = xs == 1 && n == args.K * p;
-    const T* src = reinterpret_cast<const T*>(x);
-    int64_t src_stride = p;
     if (!direct) {
       for (int64_t a = 0; a < chunks; ++a) load_chunk(a);
       src = buf;
@@ -295,7 +325,9 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
         for (int64_t c = 0; c < C; ++c) put(a, b0 + c * W, acc[0][c]);
       }
     }
-    transform_chunks_to_out(used);
+    // The next row's prefetch: 172 x 64 from about 4.2x to 3.7x the 2^13 transform's time,
+    // 28 x 512 from 1.6x to 1.5x (benchmarks/kn_row.py).
+    transform_chunks_to_out(used, direct ? next : nullptr);
     return;
   }
   const T unit = args.h == nullptr && args.post == nullptr ? args.scale : T(1);
