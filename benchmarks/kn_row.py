@@ -5,7 +5,8 @@ without torch's allocator in the way.
 
 Builds benchmarks/kn_row.cpp with g++ (the extension's flags: -O3 -march=native) in a
 temporary folder, feeds it the library's H_K (hadamard_kernels.orders, family "rotation",
-as ``hadamard_transform_order`` uses them) for 12 * 1024, 28 * 512 and 172 * 64, and writes
+as ``hadamard_transform_order`` uses them) for 12 * 1024, 28 * 512 and 172 * 64, and the "fht"
+family's H_28 (``hadamard_transform_28N``'s) for 28 * 512, and writes
 benchmarks/results/cpu-kn-row.md: per order, the median over interleaved rounds of its time
 per value over the time per value of ``fwht_row`` at 2^13 (thread CPU time, one thread,
 float32, about 2^22 values each, preallocated output). The sweep (benchmarks/sweep.py) times
@@ -29,7 +30,10 @@ from hadamard_kernels import orders  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SHAPES = [(12, 1024), (28, 512), (172, 64)]  # sweep.ORDER_SHAPES, the issue's targets
+# sweep.ORDER_SHAPES (the issue's targets) with the rotation family's H_K, then 28 * 512 with
+# the peer's (fast-hadamard-transform's hadamard_transform_28N: a Williamson-type H_28, which
+# takes the four-Russians product where the rotation family's Paley II one has its own).
+SHAPES = [(12, 1024, "rotation"), (28, 512, "rotation"), (172, 64, "rotation"), (28, 512, "fht")]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run(["g++", "-O3", "-march=native", "-std=c++20", "-Wno-array-bounds", "-I", os.path.join(ROOT, "csrc"),
                         os.path.join(HERE, "kn_row.cpp"), "-o", exe], check=True)
         feed = [str(args.rounds)]
-        for K, p in SHAPES:
-            h = orders.hadamard_k(K, torch.int64, family="rotation")
+        for K, p, family in SHAPES:
+            h = orders.hadamard_k(K, torch.int64, family=family)
             feed.append(f"{K} {p} " + " ".join(map(str, h.flatten().tolist())))
         feed.append("0 0")
         out = subprocess.run([exe], input="\n".join(feed) + "\n", capture_output=True, text=True, check=True).stdout
@@ -58,10 +62,12 @@ def main(argv: list[str] | None = None) -> None:
         "| n = K * p | rows | median ms | time per value / fwht_row 2^13's (median of rounds) | q25 - q75 |",
         "|---|---:|---:|---:|---:|",
     ]
-    for line in out.strip().splitlines():
+    labels = ["2^13 (baseline, fwht_row)"] + [
+        f"{K} * {p} = {K * p}" + ("" if family == "rotation" else f" ({family} family)") for K, p, family in SHAPES
+    ]
+    for label, line in zip(labels, out.strip().splitlines(), strict=True):
         K, p, rows, ms, ratio, q25, q75 = line.split()
-        name = "2^13 (baseline, fwht_row)" if K == "1" else f"{K} * {p} = {int(K) * int(p)}"
-        lines.append(f"| {name} | {rows} | {float(ms):.3f} | {float(ratio):.2f}x | {float(q25):.2f} - {float(q75):.2f} |")
+        lines.append(f"| {label} | {rows} | {float(ms):.3f} | {float(ratio):.2f}x | {float(q25):.2f} - {float(q75):.2f} |")
     md = "\n".join(lines) + "\n"
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "cpu-kn-row.md")
