@@ -157,7 +157,7 @@ inline bool find_order12_map(const T* h, Order12Map<T>& map) {
 }
 
 // The product of W on one vector of columns of the 12 signed inputs x[j] (x[j] = f_j times
-// input chunk tau(j)), stored times c[i] (out_sign[i] times the scale) to dst[i] + b:
+// input chunk tau(j)), stored times c[i] (out_sign[i]) to dst[i] + b:
 //
 //     (W x)[3r + i] = u_r + sum_{s != r} S[r][s] t_{s,i},   u_s = x[3s] + x[3s+1] + x[3s+2],
 //                     t_{s,i} = u_s - 2 x[3s + i] = (the other two of x[3s..3s+2]) - x[3s + i],
@@ -192,14 +192,14 @@ inline void order12_columns(const typename Vec<T>::type (&x)[kOrder12], T* const
     }
 }
 
-// dst chunk sigma(i) (at dst + sigma(i) * dst_stride) = scale * e_i * (W x')_i, x'_j = f_j *
+// dst chunk sigma(i) (at dst + sigma(i) * dst_stride) = e_i * (W x')_i, x'_j = f_j *
 // pre-times-src chunk tau(j) (at src + tau(j) * src_stride; pre: the row's 12 p factors, or
 // null), over the p columns (p a multiple of the vector width). Each step reads every input
 // of two vectors of columns (a whole cache line of the 12 chunks, which may share one L1 set)
 // before it stores, so dst may be src (with the same stride).
 template <bool kPre, typename T>
 inline void order12_product(const T* src, int64_t src_stride, const T* pre, T* dst, int64_t dst_stride, int64_t p,
-                            const Order12Map<T>& map, T scale) {
+                            const Order12Map<T>& map) {
   using V = typename Vec<T>::type;
   constexpr int64_t W = Vec<T>::kLanes;
   const T* in[kOrder12];
@@ -211,7 +211,7 @@ inline void order12_product(const T* src, int64_t src_stride, const T* pre, T* d
     pin[j] = kPre ? pre + map.in_chunk[j] * p : nullptr;
     f[j] = map.chunk_sign[map.in_chunk[j]];
     out[j] = dst + map.out_chunk[j] * dst_stride;
-    c[j] = map.out_sign[j] * scale;
+    c[j] = map.out_sign[j];
   }
   auto load = [&](int j, int64_t b) {
     const V v = Vec<T>::load(in[j] + b) * f[j];
