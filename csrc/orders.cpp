@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <optional>
 #include <type_traits>
 
@@ -39,11 +40,14 @@ void kn_cpu(const at::Tensor& rows, at::Tensor& out, const std::optional<at::Ten
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     const int64_t rs = rows.stride(0), cs = rows.stride(1);
     at::parallel_for(0, rows.size(0), cpu::grain_rows(K * pow2), [&](int64_t begin, int64_t end) {
-      // The plain transform of short whole contiguous rows (fwht_): all the task's rows in one
-      // first sweep (cpu::fwht_rows), which takes any alignment. float32 / float64 only.
+      // The plain transform of short whole contiguous rows (fwht_): the task's rows swept
+      // several at a time (cpu::fwht_rows; rows of over 16 vectors need a vector-aligned y,
+      // as fwht_row does, else kn_row takes them through its buffer). float32 / float64 only.
       constexpr int64_t W = cpu::Vec<acc_t>::kLanes;
+      const bool aligned = reinterpret_cast<std::uintptr_t>(y) % cpu::kVecBytes == 0;
       if (std::is_same_v<scalar_t, acc_t> && args.h == nullptr && args.pre == nullptr && args.post == nullptr &&
-          n == pow2 && cs == 1 && rs == n && n >= W && n <= 8 * W) {
+          n == pow2 && cs == 1 && rs == n && n >= W && n * static_cast<int64_t>(sizeof(acc_t)) <= cpu::kL1Block &&
+          (n <= 16 * W || aligned)) {
         cpu::fwht_rows(reinterpret_cast<const acc_t*>(x + begin * n), n, reinterpret_cast<acc_t*>(y + begin * n), n,
                        end - begin, n, args.scale);
         return;

@@ -437,13 +437,17 @@ def test_fwht_inplace(backend, n, dtype):
     assert rel_err(x, R.fwht_reference(x0.double(), 0.5)) <= RTOL[dtype]
 
 
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
-@pytest.mark.parametrize("n", [4, 8, 16, 64, 128], ids=lambda n: f"n{n}")
-def test_fwht_short_rows_batched(n, dtype):
-    # Short contiguous rows go through one first sweep over all rows of a task (cpu::fwht_rows),
-    # misaligned too (a view one element into its storage), in place and out of place, over
-    # enough rows for several parallel tasks.
-    x = torch.randn(5000 * n + 1, dtype=dtype)[1:].view(5000, n)
+@pytest.mark.parametrize("n", [4, 8, 16, 64, 128, 256, 512, 2048], ids=lambda n: f"n{n}")
+def test_fwht_short_rows_batched(n, dtype, offset):
+    # Short contiguous rows are swept several at a time (cpu::fwht_rows: one first sweep over
+    # all rows of a task up to 16 vectors a row, blocks of 8 KB of rows beyond), aligned and
+    # misaligned (a view one element into its storage: in place, rows over 16 vectors then
+    # take the row kernel's buffer), in place and out of place, over enough rows for several
+    # parallel tasks.
+    rows = max(64, 80000 // n)
+    x = torch.randn(rows * n + offset, dtype=dtype)[offset:].view(rows, n)
     want = R.fwht_reference(x.double(), 0.25)
     assert rel_err(hk.fwht(x, 0.25), want) <= RTOL[dtype]
     assert rel_err(hk.fwht_(x, 0.25), want) <= RTOL[dtype]

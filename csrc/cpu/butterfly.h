@@ -11,6 +11,7 @@
 // fixed by m alone, so results are bitwise reproducible.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -189,26 +190,43 @@ inline void fwht_row(const T* in, T* out, int64_t m, T scale) {
     case 0: first_sweep<0>(in, out, nv, scale); return;
     case 1: first_sweep<1>(in, out, nv, scale); return;
     case 2: first_sweep<2>(in, out, nv, scale); return;
+    case 4: first_sweep<4>(in, out, nv, scale); return;  // 16 vectors: one sweep (see fwht_rows)
     default: first_sweep<3>(in, out, nv, scale); break;
   }
   remaining_levels<4>(reinterpret_cast<V*>(out), nv, 8, levels_left - 3);
 }
 
-// fwht_row on `rows` rows of m values (row r at in + r * in_stride, out + r * out_stride).
-// Short contiguous rows (one to eight vectors, both strides m) are one first sweep over all
-// of them at once: its groups of 2^k vectors are exactly the rows, so the result is the same
-// as row by row, without a call and its branches per row (2^4 floats: 16 values a row).
+// fwht_row on `rows` rows of m values (row r at in + r * in_stride, out + r * out_stride);
+// out vector-aligned when m is over 16 vectors (as fwht_row needs for its later sweeps).
+// Short contiguous rows (both strides m, one vector to kL1Block bytes) are swept several rows
+// at a time, without a call and its branches per row: the sweeps' groups of vectors never
+// cross a row, so the result is the same as row by row, bit for bit. Up to sixteen vectors a
+// row, one first sweep over all the rows (at sixteen it takes all four levels between
+// registers in one pass); longer rows in blocks of kL1Block bytes, each swept while it stays
+// in L1. Measured, in place over 2^22 floats: 2^7 from 1.15 to 1.0 ms and 2^8 from 1.08 to
+// 0.94 ms against row by row with two sweeps each.
 template <typename T>
 inline void fwht_rows(const T* in, int64_t in_stride, T* out, int64_t out_stride, int64_t rows, int64_t m, T scale) {
+  using V = typename Vec<T>::type;
   constexpr int64_t W = Vec<T>::kLanes;
-  if (in_stride == m && out_stride == m && m >= W && m <= 8 * W) {
-    const int64_t nv = rows * (m / W);
-    switch (log2_exact(m / W)) {
-      case 0: first_sweep<0>(in, out, nv, scale); return;
-      case 1: first_sweep<1>(in, out, nv, scale); return;
-      case 2: first_sweep<2>(in, out, nv, scale); return;
-      default: first_sweep<3>(in, out, nv, scale); return;
+  if (in_stride == m && out_stride == m && m >= W && m * static_cast<int64_t>(sizeof(T)) <= kL1Block) {
+    const int64_t per_row = m / W;
+    const int levels = log2_exact(per_row);
+    switch (levels) {
+      case 0: first_sweep<0>(in, out, rows * per_row, scale); return;
+      case 1: first_sweep<1>(in, out, rows * per_row, scale); return;
+      case 2: first_sweep<2>(in, out, rows * per_row, scale); return;
+      case 3: first_sweep<3>(in, out, rows * per_row, scale); return;
+      case 4: first_sweep<4>(in, out, rows * per_row, scale); return;
+      default: break;
     }
+    const int64_t block_rows = kL1Block / (m * static_cast<int64_t>(sizeof(T)));
+    for (int64_t r = 0; r < rows; r += block_rows) {
+      const int64_t nv = std::min(block_rows, rows - r) * per_row;
+      first_sweep<3>(in + r * m, out + r * m, nv, scale);
+      remaining_levels<4>(reinterpret_cast<V*>(out + r * m), nv, 8, levels - 3);
+    }
+    return;
   }
   for (int64_t r = 0; r < rows; ++r) fwht_row(in + r * in_stride, out + r * out_stride, m, scale);
 }
