@@ -24,8 +24,9 @@
 // take their own product on whole rows the same way: C u + w and C w - u with the conference
 // matrix C's circulant in pairs, 8.9 additions per value in registers at K = 28 against the
 // four-Russians product's 12 and its table (28 x 512: 1.6x the 2^13 transform's time with
-// four Russians, 1.3-1.4x with it; benchmarks/kn_row.py). Other K, and chunks shorter than a
-// vector, take the plain product (k_point_tile).
+// four Russians, 1.3-1.5x with it, the ratio moving with the memory-bound baseline;
+// benchmarks/kn_row.py). Other K, and chunks shorter than a vector, take the plain product
+// (k_point_tile).
 //
 // Pure C++ (no torch): the caller converts H_K and the diagonals to the accumulator type.
 #pragma once
@@ -306,7 +307,8 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
     const int64_t per_row = args.K / kKnGroup;
     for (int64_t b0 = 0; b0 < p; b0 += kKnLine<T>) {
       // K streams p apart are more than the hardware prefetcher follows: fetch each chunk's
-      // line kKnPrefetch steps ahead (28 x 512: 1.6x the 2^13 transform's time, 1.9x without).
+      // line kKnPrefetch steps ahead (measured on 28 x 512 when it took this product: 1.6x the
+      // 2^13 transform's time, 1.9x without).
       if (direct && b0 + kKnPrefetch * kKnLine<T> < p)
         for (int64_t a = 0; a < args.K; ++a) __builtin_prefetch(src + a * src_stride + b0 + kKnPrefetch * kKnLine<T>);
       if (direct && args.pre != nullptr) {
@@ -328,7 +330,7 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
       }
     }
     // The next row's prefetch: 172 x 64 from about 4.2x to 3.7x the 2^13 transform's time,
-    // 28 x 512 from 1.6x to 1.5x (benchmarks/kn_row.py).
+    // 28 x 512 (then on this product) from 1.6x to 1.5x (benchmarks/kn_row.py).
     transform_chunks_to_out(used, direct ? next : nullptr);
     return;
   }
