@@ -4,6 +4,7 @@ a PNG plot to benchmarks/results/<device>.{json,md,png} and prints the tables.
 
     python benchmarks/sweep.py            # CUDA if visible, else CPU
     python benchmarks/sweep.py --quick    # a few sizes, for a smoke run
+    python benchmarks/sweep.py --only inplace  # one section alone, into <device>-inplace.md
 
 fwht rows: time of ``fwht(x)`` for x of shape (rows, n), next to ``x.clone()`` (one read
 and one write: the floor), dense ``F.linear(x, H_n)`` (what the transform replaces),
@@ -638,10 +639,16 @@ def plot(fwht_rows: list[FwhtRow], clf_rows: list[ClassifierRow], title: str, pa
     plt.close(fig)
 
 
+#: The sections of a sweep, in the order of its results file (--only runs one).
+SECTIONS = ("fwht", "inplace", "orders", "quantize", "classifier")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="'auto' (CUDA if visible), 'cpu' or 'cuda'")
     parser.add_argument("--quick", action="store_true", help="a few sizes only")
+    parser.add_argument("--only", choices=SECTIONS,
+                        help="run this section alone, into <device>-<section>.md/.json (no plot)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     parser.add_argument("--peer-case", nargs=4, metavar=("DTYPE", "N", "ROWS", "NAME"), help=argparse.SUPPRESS)
     parser.add_argument("--inplace-case", nargs=3, metavar=("DTYPE", "N", "ROWS"), help=argparse.SUPPRESS)
@@ -665,45 +672,53 @@ def main(argv: list[str] | None = None) -> None:
     env = environment(device)
     if device.type == "cpu":
         env["allocator"] = "glibc, mmap/trim off (no page faults)" if keep_heap_mapped() else "default"
+    def wanted(section: str) -> bool:
+        return args.only is None or args.only == section
+
     fwht_rows: list[FwhtRow] = []
-    for case in tqdm(fwht_cases(device, args.quick), desc="fwht", leave=False):
+    for case in tqdm(fwht_cases(device, args.quick) if wanted("fwht") else [], desc="fwht", leave=False):
         fwht_rows += run_fwht_case(case, device, args.stat)
     inplace_rows: list[InplaceRow] = []
-    if device.type == "cpu":
+    if device.type == "cpu" and wanted("inplace"):
         for case in tqdm([c for c in fwht_cases(device, args.quick) if c.rows > 1 and c.dtype in ("float32", "float64")],
                          desc="in place", leave=False):
             inplace_rows += run_inplace_case(case, args.stat)
     order_rows: list[OrderRow] = []
-    for case in tqdm(order_cases(device, args.quick), desc="orders", leave=False):
+    for case in tqdm(order_cases(device, args.quick) if wanted("orders") else [], desc="orders", leave=False):
         order_rows += run_order_case(case, device, args.stat)
     quant_rows: list[QuantRow] = []
-    for case in tqdm(quant_cases(device, args.quick), desc="quantize", leave=False):
+    for case in tqdm(quant_cases(device, args.quick) if wanted("quantize") else [], desc="quantize", leave=False):
         quant_rows += run_quant_case(case, device, args.stat)
     clf_rows: list[ClassifierRow] = []
-    for case in tqdm(classifier_cases(device, args.quick), desc="classifier", leave=False):
+    for case in tqdm(classifier_cases(device, args.quick) if wanted("classifier") else [], desc="classifier",
+                     leave=False):
         clf_rows += run_classifier_case(case, device, args.stat)
     slug = re.sub(r"[^a-z0-9]+", "-", f"{device.type} {env['device']}".lower()).strip("-")
     slug += "-quick" if args.quick else ""
+    slug += f"-{args.only}" if args.only else ""
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, slug)
     env["timing"] = f"{args.stat} of interleaved rounds, ratios paired per round (benchmarks/timing.py)"
     header = ", ".join(f"{k} {v}" for k, v in env.items())
     threads = torch.get_num_threads() if device.type == "cpu" else None
     noisy = sum(is_noisy(r, threads) for r in [*fwht_rows, *inplace_rows, *order_rows, *quant_rows, *clf_rows])
-    inplace_md = (f"## In place, in one process: {args.stat} ms (time / our fwht_'s time)\n\n"
-                  + inplace_markdown(inplace_rows, threads) + "\n\n") if inplace_rows else ""
-    md = (
-        f"# hadamard_kernels benchmark: {env['device']}\n\n{header}\n\n"
-        f"## fwht: {args.stat} ms (time / x.clone() time)\n\n" + fwht_markdown(fwht_rows, threads) + "\n\n"
-        + inplace_md
-        + f"## Orders K * 2^k: {args.stat} ms (time per value / the power-of-two fwht's)\n\n"
-        + order_markdown(order_rows, threads) + "\n\n"
-        f"## Fused rotate-and-quantise: {args.stat} ms (time / x.clone() time)\n\n"
-        + quant_markdown(quant_rows, threads) + "\n\n"
-        f"## Fixed classifier: {args.stat} ms (speedup over the nn.Linear head)\n\n"
-        + classifier_markdown(clf_rows, threads) + "\n\n"
-        + FOOTNOTE.format(noisy=NOISY) + "\n"
-    )
+    sections = [
+        ("fwht", f"fwht: {args.stat} ms (time / x.clone() time)", fwht_rows, fwht_markdown),
+        ("inplace", f"In place, in one process: {args.stat} ms (time / our fwht_'s time)", inplace_rows,
+         inplace_markdown),
+        ("orders", f"Orders K * 2^k: {args.stat} ms (time per value / the power-of-two fwht's)", order_rows,
+         order_markdown),
+        ("quantize", f"Fused rotate-and-quantise: {args.stat} ms (time / x.clone() time)", quant_rows,
+         quant_markdown),
+        ("classifier", f"Fixed classifier: {args.stat} ms (speedup over the nn.Linear head)", clf_rows,
+         classifier_markdown),
+    ]
+    md = f"# hadamard_kernels benchmark: {env['device']}\n\n{header}\n\n"
+    for name, title, rows, render in sections:
+        # Every section of a full run (the in-place one only where it ran: CPU); --only's alone.
+        if wanted(name) and (rows or name != "inplace"):
+            md += f"## {title}\n\n" + render(rows, threads) + "\n\n"
+    md += FOOTNOTE.format(noisy=NOISY) + "\n"
     with open(stem + ".md", "w") as f:
         f.write(md)
     with open(stem + ".json", "w") as f:
@@ -713,12 +728,13 @@ def main(argv: list[str] | None = None) -> None:
                    "orders": [dataclasses.asdict(r) for r in order_rows],
                    "quantize": [dataclasses.asdict(r) for r in quant_rows],
                    "classifier": [dataclasses.asdict(r) for r in clf_rows]}, f, indent=1)
-    plot(fwht_rows, clf_rows, header, stem + ".png")
+    if args.only is None:
+        plot(fwht_rows, clf_rows, header, stem + ".png")
     print(md)
     if noisy:
         print(f"sweep: {noisy} cells marked † (noisy): compare their ratios with care, or re-run them "
               "on a quiet machine or with fewer --threads")
-    print(f"wrote {stem}.json, .md, .png")
+    print(f"wrote {stem}.json, .md" + (", .png" if args.only is None else ""))
 
 
 if __name__ == "__main__":
