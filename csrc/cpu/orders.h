@@ -247,11 +247,11 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
       }
     }
   };
-  // The structured products (order 12, Paley II) take whole rows, read straight from x where
-  // its type and layout allow (pre applied as they load), else from the chunks loaded into buf.
+  // The products read whole contiguous rows of the accumulator type straight from x (pre
+  // applied as they load), other rows from the chunks loaded into buf. The structured ones
+  // (order 12, Paley II) take whole rows of whole vectors only.
+  const bool direct = std::is_same_v<scalar_t, T> && xs == 1 && n == args.K * p;
   const bool structured = (args.order12 != nullptr || args.paley_q != 0) && n == args.K * p && p % W == 0;
-  bool direct = false;
-  if constexpr (std::is_same_v<scalar_t, T>) direct = structured && xs == 1;
   const T* src = reinterpret_cast<const T*>(x);
   int64_t src_stride = p;
   const T* pre = args.pre;
@@ -294,7 +294,6 @@ inline void kn_row(const scalar_t* x, int64_t xs, out_t* out, T* __restrict buf,
     // from 2.2x to 1.8x the 2^13 transform's time, 172 x 64 from 4.4x to 3.9x). On whole
     // contiguous rows of the accumulator type it reads x itself (pre applied there): the
     // copy into buf had cost a fifth of the total.
-    if constexpr (std::is_same_v<scalar_t, T>) direct = xs == 1 && n == args.K * p;
     if (!direct) {
       for (int64_t a = 0; a < chunks; ++a) load_chunk(a);
       src = buf;
